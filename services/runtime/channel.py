@@ -32,31 +32,41 @@ class ChannelSettings(BaseModel):
     """Name to expect in the server certificate, when it differs from the target's host."""
 
 
-class _TokenInterceptor(
-    grpc.aio.UnaryUnaryClientInterceptor,
-    grpc.aio.UnaryStreamClientInterceptor,
-    grpc.aio.StreamUnaryClientInterceptor,
-    grpc.aio.StreamStreamClientInterceptor,
-):
+class _TokenMixin:
     """Adds the bearer token to every call (call credentials need TLS; this works on both)."""
 
     def __init__(self, token: str) -> None:
         self._header = ("authorization", f"Bearer {token}")
 
-    def _with_token(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
-        metadata = list(details.metadata or [])
-        metadata.append(self._header)
-        return grpc.aio.ClientCallDetails(
+    async def _call(self, continuation: Callable[..., Any], details: grpc.aio.ClientCallDetails, request: Any) -> Any:
+        metadata = [*(details.metadata or []), self._header]
+        details = grpc.aio.ClientCallDetails(
             details.method, details.timeout, grpc.aio.Metadata(*metadata), details.credentials, details.wait_for_ready
         )
+        return await continuation(details, request)
 
-    async def _call(self, continuation: Callable[..., Any], details: grpc.aio.ClientCallDetails, request: Any) -> Any:
-        return await continuation(self._with_token(details), request)
 
-    intercept_unary_unary = _call  # type: ignore[assignment]
-    intercept_unary_stream = _call  # type: ignore[assignment]
-    intercept_stream_unary = _call  # type: ignore[assignment]
-    intercept_stream_stream = _call  # type: ignore[assignment]
+# grpc.aio files each interceptor under the first call type it matches (an if/elif chain), so
+# one object implementing all four would only ever see unary-unary calls: one class per type.
+class _UnaryUnaryToken(_TokenMixin, grpc.aio.UnaryUnaryClientInterceptor):
+    intercept_unary_unary = _TokenMixin._call  # type: ignore[assignment]
+
+
+class _UnaryStreamToken(_TokenMixin, grpc.aio.UnaryStreamClientInterceptor):
+    intercept_unary_stream = _TokenMixin._call  # type: ignore[assignment]
+
+
+class _StreamUnaryToken(_TokenMixin, grpc.aio.StreamUnaryClientInterceptor):
+    intercept_stream_unary = _TokenMixin._call  # type: ignore[assignment]
+
+
+class _StreamStreamToken(_TokenMixin, grpc.aio.StreamStreamClientInterceptor):
+    intercept_stream_stream = _TokenMixin._call  # type: ignore[assignment]
+
+
+def token_interceptors(token: str) -> list[grpc.aio.ClientInterceptor]:
+    """Client interceptors that send ``authorization: Bearer <token>`` on every kind of call."""
+    return [cls(token) for cls in (_UnaryUnaryToken, _UnaryStreamToken, _StreamUnaryToken, _StreamStreamToken)]
 
 
 def open_channel(settings: ChannelSettings, limits: ServerSettings | None = None) -> grpc.aio.Channel:
@@ -64,7 +74,7 @@ def open_channel(settings: ChannelSettings, limits: ServerSettings | None = None
     options = channel_options(limits or ServerSettings())
     if settings.server_name:
         options.append(("grpc.ssl_target_name_override", settings.server_name))
-    interceptors = [_TokenInterceptor(settings.token.get_secret_value())] if settings.token else None
+    interceptors = token_interceptors(settings.token.get_secret_value()) if settings.token else None
     if settings.ca_file is None:
         return grpc.aio.insecure_channel(settings.target, options=options, interceptors=interceptors)
     creds = grpc.ssl_channel_credentials(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import (
@@ -175,6 +175,6 @@ def load_settings(cls: type[S], config_file: Path | str | None = None, **overrid
     # service's class itself stays free of any particular file.
     bound = type(cls.__name__, (cls,), {"model_config": {**cls.model_config, "yaml_file": path}})
     try:
-        return bound(**overrides)
+        return cast(S, bound(**overrides))
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
         raise ConfigError(f"invalid {cls.__name__} ({prefix}* env vars, config file {path}): {exc}") from exc

@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -116,7 +117,7 @@ class Placement:
         return f"{where}, {self.compute_type}"
 
 
-def apply_cuda_env(settings: DeviceSettings, environ: dict[str, str] | None = None) -> None:
+def apply_cuda_env(settings: DeviceSettings, environ: MutableMapping[str, str] | None = None) -> None:
     """Sets CUDA_VISIBLE_DEVICES and CUDA_DEVICE_ORDER; call before any CUDA library loads."""
     env = os.environ if environ is None else environ
     if settings.visible_devices is not None:
@@ -124,7 +125,7 @@ def apply_cuda_env(settings: DeviceSettings, environ: dict[str, str] | None = No
     env.setdefault("CUDA_DEVICE_ORDER", settings.device_order)
 
 
-def visible_gpus(physical: list[GpuInfo], environ: dict[str, str] | None = None) -> list[GpuInfo]:
+def visible_gpus(physical: list[GpuInfo], environ: MutableMapping[str, str] | None = None) -> list[GpuInfo]:
     """The GPUs CUDA will show, in CUDA's order, given CUDA_VISIBLE_DEVICES."""
     env = os.environ if environ is None else environ
     mask = env.get("CUDA_VISIBLE_DEVICES")
@@ -147,7 +148,7 @@ def visible_gpus(physical: list[GpuInfo], environ: dict[str, str] | None = None)
 def resolve_placement(
     settings: DeviceSettings,
     probe: GpuProbe | None = None,
-    environ: dict[str, str] | None = None,
+    environ: MutableMapping[str, str] | None = None,
 ) -> Placement:
     """Picks the device, validating it when the settings ask for a GPU."""
     env = os.environ if environ is None else environ

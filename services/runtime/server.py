@@ -143,8 +143,8 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    warm = asyncio.create_task(warm_up())
-    stopped = asyncio.create_task(stop.wait())
+    warm: asyncio.Future[Any] = asyncio.ensure_future(warm_up())
+    stopped: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
     done, _ = await asyncio.wait({warm, stopped}, return_when=asyncio.FIRST_COMPLETED)
     if warm in done:
         warm.result()  # a failed load ends the process with its error

@@ -1,0 +1,1 @@
+"""LLM service: streamed answers with per-session history over a chain of backends."""

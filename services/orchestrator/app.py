@@ -1,0 +1,68 @@
+"""Builds the orchestrator from its settings."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+
+import grpc
+
+from parole.llm.v1 import llm_pb2_grpc
+from parole.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
+from parole.stt.v1 import stt_pb2_grpc
+from parole.tts.v1 import tts_pb2_grpc
+from services.orchestrator.config import OrchestratorSettings
+from services.orchestrator.pipeline import Stubs
+from services.orchestrator.servicer import OrchestratorServicer
+from services.runtime import healthcheck
+from services.runtime.channel import open_channel
+from services.runtime.logging import get_logger
+
+log = get_logger(__name__)
+SERVICE = orchestrator_pb2.DESCRIPTOR.services_by_name["OrchestratorService"].full_name
+
+
+class OrchestratorApp:
+    """Channels to the three services and the Converse servicer."""
+
+    name = "orchestrator"
+
+    def __init__(self, settings: OrchestratorSettings) -> None:
+        self.settings = settings
+        self.channels = {
+            "stt": open_channel(settings.stt, settings.server),
+            "llm": open_channel(settings.llm, settings.server),
+            "tts": open_channel(settings.tts, settings.server),
+        }
+        self.stubs = Stubs(
+            stt=stt_pb2_grpc.SttServiceStub(self.channels["stt"]),
+            llm=llm_pb2_grpc.LlmServiceStub(self.channels["llm"]),
+            tts=tts_pb2_grpc.TtsServiceStub(self.channels["tts"]),
+        )
+        self.servicer = OrchestratorServicer(self.stubs, settings)
+
+    def register(self, server: grpc.aio.Server) -> Sequence[str]:
+        orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(self.servicer, server)
+        return [SERVICE]
+
+    async def warm_up(self) -> None:
+        """Waits (bounded) for the three services, so the first conversation is not degraded."""
+        deadline = time.monotonic() + self.settings.dependency_wait_seconds
+        pending = dict(self.channels)
+        while pending and time.monotonic() < deadline:
+            for name, channel in list(pending.items()):
+                try:
+                    if await healthcheck.status(channel, deadline=2) == healthcheck.SERVING:
+                        del pending[name]
+                        log.info("dependency serving", dependency=name)
+                except grpc.aio.AioRpcError:
+                    pass
+            if pending:
+                await asyncio.sleep(0.5)
+        if pending:
+            log.warning("serving without these dependencies; turns will degrade", missing=sorted(pending))
+
+    async def close(self) -> None:
+        for channel in self.channels.values():
+            await channel.close()

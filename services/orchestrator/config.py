@@ -1,0 +1,59 @@
+"""Orchestrator settings (env prefix ``ORCH_``)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+from pydantic_settings import SettingsConfigDict
+
+from services.runtime.channel import ChannelSettings
+from services.runtime.config import ServerSettings, ServiceSettings
+
+
+class ConversationDefaults(BaseModel):
+    """What a session gets when its config leaves a field empty."""
+
+    model_config = {"extra": "forbid"}
+
+    language: str = "fr"
+    """The assistant speaks French first, as the original did."""
+    voices: dict[str, str] = {}
+    """Voice per language (e.g. {"fr": "fr_FR-siwis-medium"}); missing: the TTS service's default chain."""
+    feedback_tail_ms: int = Field(default=300, ge=0, le=10_000)
+    """Microphone stays gated this long after playback ends. The original paused a fixed 3 s
+    after every answer; here the gate follows the real playback (client reports, or the audio's
+    duration) so only the room's echo needs covering: living-room reverberation times are
+    0.3-0.6 s, and the STT's VAD needs speech well above the decayed tail, so 300 ms suffices
+    with a headset or a speaker at normal volume. Set 3000 for the original behaviour."""
+    playback_slack_ms: int = Field(default=500, ge=0, le=10_000)
+    """When the client never reports playback finished, the gate lasts the audio's duration
+    plus this (client-side buffering)."""
+    barge_in: bool = False
+    """Default for sessions that do not say."""
+    end_of_speech_silence_ms: int = Field(default=300, ge=100, le=5000)
+    """Silence that ends the user's turn."""
+
+
+class OrchestratorSettings(ServiceSettings):
+    """Settings of ``python -m services.orchestrator``."""
+
+    model_config = SettingsConfigDict(**{**ServiceSettings.model_config, "env_prefix": "ORCH_"})
+
+    server: ServerSettings = ServerSettings(port=50050, metrics_port=9090)
+    stt: ChannelSettings = ChannelSettings(target="127.0.0.1:50051")
+    """Speech-to-text service."""
+    llm: ChannelSettings = ChannelSettings(target="127.0.0.1:50052")
+    """Language model service."""
+    tts: ChannelSettings = ChannelSettings(target="127.0.0.1:50053")
+    """Text-to-speech service."""
+    defaults: ConversationDefaults = ConversationDefaults()
+    llm_timeout_seconds: float = Field(default=30.0, gt=0)
+    """Whole-answer deadline for the language model (the original's 30 s)."""
+    tts_timeout_seconds: float = Field(default=60.0, gt=0)
+    """Deadline for speaking one answer."""
+    dependency_wait_seconds: float = Field(default=300.0, ge=0)
+    """At start-up, wait this long for the three services to be SERVING before serving anyway
+    (degraded) — model loading can take minutes on a cold host."""
+    max_sessions: int = Field(default=64, gt=0)
+    """Conversations at once; more get RESOURCE_EXHAUSTED."""
+    stt_reconnect_max_seconds: float = Field(default=5.0, gt=0)
+    """Longest pause between attempts to reopen a broken speech-to-text stream."""

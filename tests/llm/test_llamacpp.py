@@ -1,0 +1,137 @@
+"""The embedded backend's mechanics with the tiny model: streaming, prefix cache, cancel, queue."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+from parole.llm.v1 import llm_pb2
+from services.llm.backends.base import ChatMessage, Delta, Finish, GenerationParams
+from services.llm.backends.canned import CannedBackend
+from services.llm.backends.llamacpp import LlamaCppBackend
+from tests.llm.conftest import Served, ask, make_settings, serve
+
+LONG = "Count from 1 to 1000, separated by commas."
+
+
+@pytest.fixture(scope="module")
+async def served(smol: LlamaCppBackend) -> AsyncIterator[Served]:
+    async with serve(make_settings(backends=["llamacpp", "canned"]), [smol, CannedBackend()]) as s:
+        yield s
+
+
+async def wait_idle(backend: LlamaCppBackend, within: float) -> float:
+    """Seconds until the worker thread is idle; fails past ``within``."""
+    started = time.perf_counter()
+    while backend.running:
+        assert time.perf_counter() - started < within, "the generation thread kept running"
+        await asyncio.sleep(0.01)
+    return time.perf_counter() - started
+
+
+async def test_max_tokens_ends_with_length(served: Served) -> None:
+    answer = await ask(served.stub, LONG, session_id="len", options={"max_tokens": 5, "temperature": 0.0})
+    assert answer.summary.finish_reason == llm_pb2.FINISH_REASON_LENGTH
+    assert answer.summary.completion_tokens == 5
+    assert answer.summary.tokens_per_second > 0
+
+
+async def test_second_turn_reads_only_new_tokens(served: Served) -> None:
+    opts = {"max_tokens": 12, "temperature": 0.0, "language": "en"}
+    one = await ask(served.stub, "Hello, who are you?", session_id="warm", options=opts)
+    two = await ask(served.stub, "And what can you do?", session_id="warm", options=opts)
+    s1, s2 = one.summary, two.summary
+    new_part = s2.prompt_tokens - s1.prompt_tokens
+    assert s2.prompt_tokens_evaluated <= new_part < s2.prompt_tokens
+    # Cold, the same prompt is read whole.
+    await served.app.engine.backends[0].reset_cache()  # type: ignore[attr-defined]
+    cold = await ask(
+        served.stub,
+        messages=[
+            llm_pb2.ChatMessage(role=llm_pb2.ROLE_SYSTEM, content=served.app.settings.system_prompts["en"]),
+            llm_pb2.ChatMessage(role=llm_pb2.ROLE_USER, content="Hello, who are you?"),
+            llm_pb2.ChatMessage(role=llm_pb2.ROLE_ASSISTANT, content=one.text),
+            llm_pb2.ChatMessage(role=llm_pb2.ROLE_USER, content="And what can you do?"),
+        ],
+        options=opts,
+    )
+    assert cold.summary.prompt_tokens == s2.prompt_tokens
+    assert cold.summary.prompt_tokens_evaluated == s2.prompt_tokens
+
+
+async def test_interleaved_sessions_keep_their_cache(smol: LlamaCppBackend) -> None:
+    """Switching conversation saves the live cache and restores it when the first comes back."""
+    system = ChatMessage("system", "You are brief.")
+
+    async def turn(key: str, messages: list[ChatMessage]) -> tuple[str, Finish]:
+        text, finish = "", None
+        async for item in smol.stream(messages, GenerationParams(10, 0.0, "en", key)):
+            if isinstance(item, Delta):
+                text += item.text
+            else:
+                finish = item
+        assert finish is not None
+        return text, finish
+
+    a1 = [system, ChatMessage("user", "Tell me about the sea and its many colours.")]
+    text_a, _ = await turn("A", a1)
+    await turn("B", [system, ChatMessage("user", "Name a fruit that is yellow and long.")])
+    a2 = [*a1, ChatMessage("assistant", text_a), ChatMessage("user", "And the sky?")]
+    _, finish = await turn("A", a2)
+    assert smol.last_run is not None and smol.last_run.restored_snapshot
+    assert finish.prompt_tokens_evaluated < 25 < finish.prompt_tokens
+
+
+async def test_cancel_mid_stream_stops_generation(served: Served, smol: LlamaCppBackend) -> None:
+    request = llm_pb2.GenerateRequest(
+        text=LONG, session_id="cancel", options=llm_pb2.GenerationOptions(max_tokens=1000, temperature=0.0)
+    )
+    call = served.stub.Generate(request, timeout=60)
+    received = 0
+    async for _ in call:
+        received += 1
+        if received == 3:
+            call.cancel()
+            break
+    assert await wait_idle(smol, within=2.0) < 2.0
+    assert smol.last_run is not None
+    assert smol.last_run.cancelled, "the thread saw the stop flag (it did not finish on its own)"
+    assert smol.last_run.completion_tokens < 200
+    # Nothing half-done was remembered, and the service still serves.
+    history = await served.stub.GetSession(llm_pb2.GetSessionRequest(session_id="cancel"))
+    assert len(history.messages) == 1
+    answer = await ask(served.stub, "Hi", session_id="cancel", options={"max_tokens": 4})
+    assert answer.summary.backend == "llamacpp"
+
+
+async def test_full_queue_is_resource_exhausted(served: Served, smol: LlamaCppBackend) -> None:
+    smol.max_waiting = 1
+    opts = llm_pb2.GenerationOptions(max_tokens=1000, temperature=0.0)
+    running = served.stub.Generate(llm_pb2.GenerateRequest(text=LONG, session_id="q1", options=opts))
+    waiting = served.stub.Generate(llm_pb2.GenerateRequest(text=LONG, session_id="q2", options=opts))
+    try:
+        await running.read()  # the first delta: it holds the model
+        await asyncio.sleep(0.2)  # the second is queued behind it
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await ask(served.stub, "Hi", session_id="q3", options={"max_tokens": 4})
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        smol.max_waiting = 4
+        running.cancel()
+        waiting.cancel()
+    await wait_idle(smol, within=3.0)
+    answer = await ask(served.stub, "Hi", session_id="q3", options={"max_tokens": 4})
+    assert answer.summary.backend == "llamacpp"
+
+
+async def test_concurrent_sessions_are_serialised(served: Served) -> None:
+    answers = await asyncio.gather(
+        *(ask(served.stub, f"Say hello number {i}", session_id=f"par{i}", options={"max_tokens": 6}) for i in range(3))
+    )
+    for a in answers:
+        assert a.summary.backend == "llamacpp"
+        assert a.summary.completion_tokens > 0

@@ -1,0 +1,1 @@
+"""Text-to-speech service: Piper voices, espeak-ng fallback, streaming synthesis, phrase cache."""

@@ -1,0 +1,68 @@
+"""Builds the TTS service from its settings."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import grpc
+
+from parole.tts.v1 import tts_pb2, tts_pb2_grpc
+from services.models.store import ModelStore
+from services.runtime.device import resolve_placement
+from services.runtime.logging import get_logger
+from services.runtime.resilience import Breakers
+from services.tts.config import TtsSettings
+from services.tts.engines import Engine, EspeakEngine, PiperEngine
+from services.tts.synthesizer import SERVICE, Synthesizer
+from services.tts.text import SplitPolicy
+from services.tts.voices import VoiceRegistry
+
+log = get_logger(__name__)
+
+
+class TtsApp:
+    """The TTS service: engines, voice registry, synthesizer and servicer."""
+
+    name = SERVICE
+
+    def __init__(self, settings: TtsSettings, engines: Sequence[Engine] | None = None) -> None:
+        self.settings = settings
+        if engines is None:
+            placement = resolve_placement(settings.device)
+            engines = [
+                PiperEngine(ModelStore(settings.model_dir), placement, settings.device.threads, settings.piper_gain),
+                EspeakEngine(timeout_seconds=settings.espeak_timeout_seconds),
+            ]
+        self.registry = VoiceRegistry(engines, settings.chains, settings.default_language)
+        split = settings.split
+        self.synth = Synthesizer(
+            self.registry,
+            policy=SplitPolicy(
+                split.max_chars, split.min_clause_chars, split.first_split_over, split.stream_clause_chars
+            ),
+            workers=settings.workers,
+            cache_bytes=settings.cache_bytes,
+            breakers=Breakers(SERVICE, settings.breaker_threshold, settings.breaker_ttl_seconds),
+            max_text_chars=settings.max_text_chars,
+        )
+
+    def register(self, server: grpc.aio.Server) -> Sequence[str]:
+        from services.tts.servicer import TtsServicer
+
+        tts_pb2_grpc.add_TtsServiceServicer_to_server(
+            TtsServicer(self.synth, self.settings.server.max_send_message_bytes), server
+        )
+        return [tts_pb2.DESCRIPTOR.services_by_name["TtsService"].full_name]
+
+    async def warm_up(self) -> None:
+        if self.settings.preload:
+            await self.synth.load()
+        log.info("voices ready", voices=len(self.registry.names()), languages=len(self.registry.languages()))
+
+    async def close(self) -> None:
+        self.synth.close()
+
+
+def build(settings: TtsSettings) -> TtsApp:
+    """The app for ``python -m services.tts``."""
+    return TtsApp(settings)

@@ -1,0 +1,58 @@
+"""TTS service settings (env prefix ``TTS_``, nested with ``__``)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+from pydantic_settings import SettingsConfigDict
+
+from services.runtime.config import ServerSettings, ServiceSettings
+
+
+class SplitSettings(BaseModel):
+    """Where streamed text is cut (see ``services.tts.text.SplitPolicy``)."""
+
+    model_config = {"extra": "forbid"}
+
+    max_chars: int = Field(default=200, ge=40)
+    """Sentences longer than this are cut at clause marks, then at spaces."""
+    min_clause_chars: int = Field(default=25, ge=1)
+    """No shorter piece is spoken alone: short sentences keep their commas."""
+    first_split_over: int = Field(default=60, ge=1)
+    """A stream's first sentence longer than this is cut at its first clause (early audio)."""
+    stream_clause_chars: int = Field(default=100, ge=1)
+    """Incremental input: after the first piece, a clause mark cuts only past this length."""
+
+
+class TtsSettings(ServiceSettings):
+    """Settings of the TTS service."""
+
+    model_config = SettingsConfigDict(**{**ServiceSettings.model_config, "env_prefix": "TTS_"})
+
+    server: ServerSettings = ServerSettings(port=50053, metrics_port=9093)
+    split: SplitSettings = SplitSettings()
+    default_language: str = "fr"
+    """Language used when a request names neither a voice nor a language."""
+    chains: dict[str, list[str]] = Field(
+        default_factory=lambda: {
+            "fr": ["fr_FR-siwis-medium", "espeak-ng:fr"],
+            "en": ["en_US-joe-medium", "espeak-ng:en-us"],
+        }
+    )
+    """Preferred voices per language; absent voices are skipped, other Piper voices of the
+    language follow, espeak-ng comes last."""
+    preload: bool = True
+    """Load and warm every Piper voice before reporting SERVING (else on first use)."""
+    workers: int = Field(default=2, ge=1)
+    """Synthesis threads (calls beyond this wait): one per core is the sweet spot on CPU."""
+    max_text_chars: int = Field(default=10_000, ge=1)
+    """Longest text per request (or per incremental stream); longer gets INVALID_ARGUMENT."""
+    cache_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
+    """Byte budget of the phrase cache (0 disables it)."""
+    breaker_threshold: int = Field(default=3, ge=1)
+    """Consecutive failures that open an engine's breaker."""
+    breaker_ttl_seconds: float = Field(default=30.0, gt=0)
+    """How long an open breaker waits before letting one probe call through."""
+    piper_gain: float = Field(default=1.0, gt=0, le=4)
+    """Fixed gain on Piper's output (Piper voices peak around -5 dBFS unnormalised)."""
+    espeak_timeout_seconds: float = Field(default=10.0, gt=0)
+    """An espeak-ng process running longer is killed (and counts as a failure)."""

@@ -1,0 +1,262 @@
+"""Speech engines: Piper (neural, onnxruntime) and espeak-ng (formant, any language).
+
+The only module that imports piper or runs espeak-ng. Every call here blocks; the
+synthesizer runs them in its worker threads.
+
+espeak-ng runs as a subprocess per call rather than through a binding: libespeak-ng keeps one
+global voice and state (not thread-safe), so a binding would serialise every call behind a
+lock, and a crash or hang inside it would take the server down. A process costs ~15 ms to
+start (measured), is killed by a timeout if it hangs, and failures surface as errors the
+breaker counts. Text goes through stdin so text starting with "-" is never read as an option.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import threading
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from services.models.store import ModelStore
+from services.runtime.audio import float_to_pcm16, read_wav_bytes
+from services.runtime.device import DeviceError, Placement
+from services.runtime.logging import get_logger
+
+log = get_logger(__name__)
+
+QUALITY_ORDER = {"high": 0, "medium": 1, "low": 2, "x_low": 3, "robotic": 9}
+
+
+@dataclass(frozen=True)
+class VoiceSpec:
+    """A voice an engine can speak with."""
+
+    name: str
+    language: str
+    """ISO 639-1 language, e.g. "fr"."""
+    locale: str
+    sample_rate: int
+    engine: str
+    quality: str
+    num_speakers: int = 1
+    breaker: str = ""
+    """Circuit-breaker key: a Piper model fails on its own, all espeak-ng voices share a binary."""
+
+
+@dataclass(frozen=True)
+class SynthOptions:
+    """How to speak a piece of text."""
+
+    speed: float = 1.0
+    speaker_id: int | None = None
+
+
+@dataclass(frozen=True)
+class Audio:
+    """Mono PCM16 audio."""
+
+    pcm: bytes
+    sample_rate: int
+
+    @property
+    def duration(self) -> float:
+        return len(self.pcm) / 2 / self.sample_rate
+
+
+class EngineError(RuntimeError):
+    """An engine failed to speak (counted by its breaker; the next voice is tried)."""
+
+
+class Engine(Protocol):
+    """A speech engine: lists its voices, loads them, speaks (blocking calls)."""
+
+    name: str
+
+    def voices(self) -> list[VoiceSpec]:
+        """The voices this engine offers now."""
+        ...
+
+    def load(self, voice: str) -> None:
+        """Loads (and warms) a voice so the first request does not pay for it."""
+        ...
+
+    def synthesize(self, voice: str, text: str, options: SynthOptions) -> Audio:
+        """Speaks ``text`` with ``voice``; raises EngineError on failure."""
+        ...
+
+
+# ----------------------------------------------------------------------------- Piper
+class PiperEngine:
+    """Piper voices found in the model directory (``<model_dir>/piper/<name>.onnx`` + ``.json``)."""
+
+    name = "piper"
+
+    def __init__(self, store: ModelStore, placement: Placement, threads: int = 0, gain: float = 1.0) -> None:
+        self._store = store
+        self._placement = placement
+        self._threads = threads
+        self._gain = gain
+        self._loaded: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._specs: dict[str, VoiceSpec] = {}
+        for name in store.piper_voices():
+            try:
+                _, config = store.piper_voice(name)
+                self._specs[name] = _piper_spec(name, json.loads(config.read_text(encoding="utf-8")))
+            except Exception as exc:  # noqa: BLE001 - a broken voice must not hide the others
+                log.warning("skipping unreadable Piper voice", voice=name, error=str(exc))
+
+    def voices(self) -> list[VoiceSpec]:
+        return list(self._specs.values())
+
+    def load(self, voice: str) -> None:
+        self._voice(voice)
+        self.synthesize(voice, "Ok.", SynthOptions())  # first run allocates onnxruntime buffers
+
+    def _voice(self, name: str) -> Any:
+        with self._lock:  # two first requests must not load the same model twice
+            if name not in self._loaded:
+                self._loaded[name] = self._load(name)
+            return self._loaded[name]
+
+    def _load(self, name: str) -> Any:
+        import onnxruntime
+        from piper import PiperVoice
+        from piper.config import PiperConfig
+
+        onnx, config = self._store.piper_voice(name)
+        options = onnxruntime.SessionOptions()
+        if self._threads:
+            options.intra_op_num_threads = self._threads
+            options.inter_op_num_threads = 1
+        providers: list[Any] = ["CPUExecutionProvider"]
+        if self._placement.device == "cuda":
+            if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+                raise DeviceError(
+                    "Piper was placed on CUDA but this onnxruntime has no CUDA provider; "
+                    "install onnxruntime-gpu or set TTS_DEVICE__DEVICE=cpu"
+                )
+            cuda = {"device_id": self._placement.device_index, "cudnn_conv_algo_search": "HEURISTIC"}
+            providers = [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
+        session = onnxruntime.InferenceSession(str(onnx), sess_options=options, providers=providers)
+        parsed = PiperConfig.from_dict(json.loads(config.read_text(encoding="utf-8")))
+        log.info("loaded Piper voice", voice=name, providers=session.get_providers())
+        return PiperVoice(session=session, config=parsed)
+
+    def synthesize(self, voice: str, text: str, options: SynthOptions) -> Audio:
+        from piper import SynthesisConfig
+
+        model = self._voice(voice)
+        config = SynthesisConfig(
+            speaker_id=options.speaker_id,
+            length_scale=model.config.length_scale / options.speed,
+            # Per-chunk peak normalisation makes consecutive clauses jump in level; a fixed
+            # gain keeps the voice's own dynamics across a streamed answer.
+            normalize_audio=False,
+            volume=self._gain,
+        )
+        try:
+            parts = [chunk.audio_float_array for chunk in model.synthesize(text, config)]
+        except Exception as exc:
+            raise EngineError(f"Piper voice {voice} failed: {exc}") from exc
+        audio = np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+        return Audio(float_to_pcm16(audio), int(model.config.sample_rate))
+
+
+def _piper_spec(name: str, config: dict[str, Any]) -> VoiceSpec:
+    lang = config.get("language", {})
+    code = str(lang.get("code") or name.split("-")[0])
+    family = str(lang.get("family") or code.split("_")[0]).lower()
+    quality = str(config.get("audio", {}).get("quality") or name.rsplit("-", 1)[-1])
+    return VoiceSpec(
+        name=name,
+        language=family,
+        locale=code,
+        sample_rate=int(config["audio"]["sample_rate"]),
+        engine="piper",
+        quality=quality,
+        num_speakers=int(config.get("num_speakers", 1)),
+        breaker=f"piper:{name}",
+    )
+
+
+# ----------------------------------------------------------------------------- espeak-ng
+ESPEAK_PREFIX = "espeak-ng:"
+ESPEAK_WPM = 175
+"""espeak-ng's default rate; speed scales it."""
+_CODE = re.compile(r"^([a-z]{2,3})(?:-([a-z]{2}|\d{3}))?$")
+
+
+class EspeakEngine:
+    """espeak-ng voices: one per language it knows ("espeak-ng:fr") plus regional variants
+    ("espeak-ng:en-us")."""
+
+    name = "espeak-ng"
+
+    def __init__(self, executable: str | None = None, timeout_seconds: float = 10.0) -> None:
+        self._exe = executable or shutil.which("espeak-ng")
+        self._timeout = timeout_seconds
+        self._specs: dict[str, VoiceSpec] = {}
+        if self._exe is None:
+            log.warning("espeak-ng is not installed: no fallback voices (apt-get install espeak-ng)")
+            return
+        for code in _espeak_codes(self._exe):
+            m = _CODE.match(code)
+            assert m is not None
+            language, region = m.group(1), m.group(2)
+            locale = f"{language}_{region.upper()}" if region else language
+            name = ESPEAK_PREFIX + code
+            self._specs[name] = VoiceSpec(name, language, locale, 22050, "espeak-ng", "robotic", 1, "espeak-ng")
+
+    def voices(self) -> list[VoiceSpec]:
+        return list(self._specs.values())
+
+    def load(self, voice: str) -> None:
+        self.synthesize(voice, "ok", SynthOptions())
+
+    def synthesize(self, voice: str, text: str, options: SynthOptions) -> Audio:
+        if self._exe is None:
+            raise EngineError("espeak-ng is not installed")
+        code = voice.removeprefix(ESPEAK_PREFIX)
+        wpm = int(min(450, max(80, ESPEAK_WPM * options.speed)))
+        cmd = [self._exe, "-v", code, "-s", str(wpm), "-b", "1", "--stdin", "--stdout"]
+        try:
+            # one line: espeak-ng reads stdin line by line and would pause at each break
+            done = subprocess.run(
+                cmd, input=text.replace("\n", " ").encode(), capture_output=True, timeout=self._timeout, check=False
+            )
+        except (subprocess.TimeoutExpired, OSError) as exc:
+            raise EngineError(f"espeak-ng failed: {exc}") from exc
+        if done.returncode != 0 or not done.stdout:
+            raise EngineError(f"espeak-ng exited {done.returncode}: {done.stderr.decode(errors='replace')[-300:]}")
+        pcm = read_wav_bytes(done.stdout)
+        return Audio(pcm.data, pcm.sample_rate)
+
+
+def _espeak_codes(exe: str) -> list[str]:
+    """Language codes from ``espeak-ng --voices``: the plain ones, plus a plain code for
+    languages listed only with regions (fr-fr → fr), minus duplicates like fr-fr itself."""
+    try:
+        out = subprocess.run([exe, "--voices"], capture_output=True, text=True, timeout=10, check=True).stdout
+    except (subprocess.SubprocessError, OSError) as exc:
+        log.warning("cannot list espeak-ng voices", error=str(exc))
+        return []
+    codes: list[str] = []
+    for line in out.splitlines()[1:]:
+        parts = line.split()
+        if len(parts) < 2:
+            continue
+        m = _CODE.match(parts[1].lower())
+        if m is None:
+            continue
+        language, region = m.group(1), m.group(2)
+        if language not in codes:
+            codes.append(language)  # espeak-ng -v fr resolves to its main French voice
+        if region and region != language and parts[1].lower() not in codes:
+            codes.append(parts[1].lower())
+    return codes

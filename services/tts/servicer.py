@@ -1,0 +1,178 @@
+"""gRPC TtsService over the synthesizer: messages in, domain calls, messages out."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+
+from parole.audio.v1 import audio_pb2
+from parole.tts.v1 import tts_pb2, tts_pb2_grpc
+from services.runtime.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from services.tts.synthesizer import AUDIO_SECONDS, TIME_TO_FIRST_AUDIO, Plan, Spoken, Synthesizer, join
+from services.tts.text import IncrementalSplitter
+
+
+def _plan(synth: Synthesizer, config: tts_pb2.SynthesisConfig) -> Plan:
+    speaker = config.speaker_id if config.HasField("speaker_id") else None
+    return synth.plan(config.voice, config.language, config.speed, speaker, config.sample_rate_hz)
+
+
+def _chunk(spoken: Spoken, sequence: int) -> tts_pb2.AudioChunk:
+    AUDIO_SECONDS.labels(spoken.engine).inc(spoken.audio.duration)
+    return tts_pb2.AudioChunk(
+        audio=spoken.audio.pcm,
+        format=audio_pb2.AudioFormat(
+            sample_rate_hz=spoken.audio.sample_rate,
+            encoding=audio_pb2.AUDIO_ENCODING_PCM_S16LE,
+            channels=1,
+        ),
+        sequence=sequence,
+        text=spoken.text,
+        voice=spoken.voice,
+        engine=spoken.engine,
+        duration_seconds=spoken.audio.duration,
+        cached=spoken.cached,
+    )
+
+
+class TtsServicer(tts_pb2_grpc.TtsServiceServicer):
+    """Thin: every decision lives in the synthesizer and the text module."""
+
+    def __init__(self, synth: Synthesizer, max_send_bytes: int) -> None:
+        self._synth = synth
+        self._max_send = max_send_bytes
+
+    async def Synthesize(
+        self, request: tts_pb2.SynthesizeRequest, context: grpc.aio.ServicerContext
+    ) -> tts_pb2.SynthesizeResponse:
+        started = time.perf_counter()
+        plan = _plan(self._synth, request.config)
+        pieces = self._synth.prepare_all(request.text, plan)
+        spoken = [s async for s in self._synth.speak_all(pieces, plan)]
+        whole = join(spoken)
+        if len(whole.audio.pcm) > self._max_send - 4096:
+            raise ResourceExhausted(
+                f"the audio ({len(whole.audio.pcm)} bytes) is larger than the largest message this server sends "
+                f"({self._max_send} bytes); use SynthesizeStream or a lower sample_rate_hz",
+                fields={"text": "audio too large for one message"},
+            )
+        TIME_TO_FIRST_AUDIO.labels("Synthesize").observe(time.perf_counter() - started)
+        return tts_pb2.SynthesizeResponse(audio=_chunk(whole, 0))
+
+    async def SynthesizeStream(
+        self, request: tts_pb2.SynthesizeStreamRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[tts_pb2.SynthesizeStreamResponse]:
+        started = time.perf_counter()
+        plan = _plan(self._synth, request.config)
+        pieces = self._synth.prepare_all(request.text, plan)
+        sequence = 0
+        async for spoken in self._synth.speak_all(pieces, plan):
+            if sequence == 0:
+                TIME_TO_FIRST_AUDIO.labels("SynthesizeStream").observe(time.perf_counter() - started)
+            yield tts_pb2.SynthesizeStreamResponse(audio=_chunk(spoken, sequence))
+            sequence += 1
+
+    async def StreamingSynthesize(
+        self,
+        request_iterator: AsyncIterator[tts_pb2.StreamingSynthesizeRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[tts_pb2.StreamingSynthesizeResponse]:
+        plan = await self._read_config(request_iterator)
+        splitter = IncrementalSplitter(plan.language, self._synth.policy)
+        # Text keeps arriving while earlier pieces are spoken: a reader task cuts it into
+        # pieces and queues them; this generator speaks them in order.
+        queue: asyncio.Queue[tuple[str, float] | BaseException | None] = asyncio.Queue()
+        reader = asyncio.create_task(self._read_text(request_iterator, splitter, queue))
+        sequence = 0
+        try:
+            while True:
+                item = await queue.get()
+                if item is None:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                raw, ready_at = item
+                for piece in self._synth.prepare(raw, plan, first=sequence == 0):
+                    spoken = await self._synth.speak(piece, plan)
+                    if sequence == 0:
+                        TIME_TO_FIRST_AUDIO.labels("StreamingSynthesize").observe(time.perf_counter() - ready_at)
+                    yield tts_pb2.StreamingSynthesizeResponse(audio=_chunk(spoken, sequence))
+                    sequence += 1
+            if sequence == 0:
+                raise InvalidArgument(
+                    "nothing to speak: no text, or only text with no speakable words, was sent after the config",
+                    fields={"text": "no speakable words"},
+                )
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+
+    async def _read_config(self, requests: AsyncIterator[tts_pb2.StreamingSynthesizeRequest]) -> Plan:
+        first = await anext(requests, None)
+        if first is None or first.WhichOneof("request") != "config":
+            raise FailedPrecondition(
+                "the first message of StreamingSynthesize must carry `config`, before any text or flush",
+                fields={"config": "missing in the first message"},
+            )
+        return _plan(self._synth, first.config)
+
+    async def _read_text(
+        self,
+        requests: AsyncIterator[tts_pb2.StreamingSynthesizeRequest],
+        splitter: IncrementalSplitter,
+        queue: asyncio.Queue[tuple[str, float] | BaseException | None],
+    ) -> None:
+        total = 0
+        try:
+            async for request in requests:
+                kind = request.WhichOneof("request")
+                if kind == "config":
+                    raise FailedPrecondition(
+                        "`config` may only be sent once, in the first message", fields={"config": "sent again"}
+                    )
+                if kind == "text":
+                    total += len(request.text)
+                    if total > self._synth.max_text_chars:
+                        raise InvalidArgument(
+                            f"the streamed text passed {self._synth.max_text_chars} characters, the limit per stream",
+                            fields={"text": "stream too long"},
+                        )
+                    for piece in splitter.feed(request.text):
+                        queue.put_nowait((piece, time.perf_counter()))
+                elif kind == "flush":
+                    rest = splitter.flush()
+                    if rest.strip():
+                        queue.put_nowait((rest, time.perf_counter()))
+            rest = splitter.flush()
+            if rest.strip():
+                queue.put_nowait((rest, time.perf_counter()))
+            queue.put_nowait(None)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - handed to the generator, which raises it as the call's status
+            queue.put_nowait(exc)
+
+    async def ListVoices(
+        self, request: tts_pb2.ListVoicesRequest, context: grpc.aio.ServicerContext
+    ) -> tts_pb2.ListVoicesResponse:
+        voices = []
+        for voice in self._synth.registry.listing(request.language.lower()):
+            spec = voice.spec
+            voices.append(
+                tts_pb2.VoiceInfo(
+                    name=spec.name,
+                    language=spec.language,
+                    locale=spec.locale,
+                    sample_rate_hz=spec.sample_rate,
+                    engine=spec.engine,
+                    quality=spec.quality,
+                    num_speakers=spec.num_speakers,
+                    breaker_state=await self._synth.breakers.state(spec.breaker),
+                )
+            )
+        return tts_pb2.ListVoicesResponse(voices=voices)

@@ -1,0 +1,233 @@
+"""The synthesis pipeline: check a request, normalise and cut its text, speak each piece
+through the voice chain (cache, breaker, fallback), resample, measure.
+
+Engines block, so every call runs in this service's own thread pool: the event loop keeps
+serving other calls, and the pool size bounds how many syntheses share the CPU.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from services.runtime.audio import resample_pcm16
+from services.runtime.errors import InvalidArgument, Unavailable
+from services.runtime.logging import get_logger
+from services.runtime.resilience import CLIENT_FAULTS, BreakerOpen, Breakers, ByteBudgetCache, digest
+from services.tts import text as textmod
+from services.tts.engines import Audio, SynthOptions
+from services.tts.voices import Voice, VoiceRegistry
+
+log = get_logger(__name__)
+
+SERVICE = "tts"
+MIN_SPEED, MAX_SPEED = 0.25, 4.0
+MIN_RATE, MAX_RATE = 8000, 96000
+
+_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1, 1.5, 2.5, 5, 10, 30)
+TIME_TO_FIRST_AUDIO = Histogram(
+    "parole_tts_time_to_first_audio_seconds",
+    "From the request (or the first complete clause, incremental) to the first audio chunk.",
+    ["method"],
+    buckets=_LATENCY_BUCKETS,
+)
+SYNTH_SECONDS = Histogram(
+    "parole_tts_synthesis_seconds", "Engine time per piece of text.", ["engine"], buckets=_LATENCY_BUCKETS
+)
+RTF = Histogram(
+    "parole_tts_real_time_factor",
+    "Synthesis time divided by audio duration, per piece (below 1 is faster than real time).",
+    ["engine"],
+    buckets=(0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 2, 5),
+)
+CHARACTERS = Counter("parole_tts_characters_total", "Characters synthesized by an engine (not cached).", ["engine"])
+AUDIO_SECONDS = Counter("parole_tts_audio_seconds_total", "Seconds of audio sent, by engine.", ["engine"])
+CACHE_LOOKUPS = Counter("parole_tts_cache_lookups_total", "Phrase cache lookups.", ["result"])
+FALLBACKS = Counter(
+    "parole_tts_fallbacks_total", "Pieces a voice could not speak, passed on down the chain.", ["voice"]
+)
+BREAKER = Gauge("parole_tts_breaker_state", "Engine breaker: 0 closed, 1 open, 2 half-open.", ["breaker"])
+_BREAKER_VALUE = {"closed": 0, "open": 1, "half-open": 2}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A checked request: who speaks, in which language, how."""
+
+    chain: list[Voice]
+    language: str
+    options: SynthOptions
+    sample_rate: int
+    """Output rate; 0: each voice's native rate."""
+
+
+@dataclass(frozen=True)
+class Spoken:
+    """One piece of speech."""
+
+    text: str
+    audio: Audio
+    voice: str
+    engine: str
+    cached: bool
+    seconds: float
+    """Time to produce it (engine or cache)."""
+
+
+def check_text(text: str, max_chars: int, field: str = "text") -> None:
+    """INVALID_ARGUMENT for empty, blank or oversized text."""
+    if not text.strip():
+        raise InvalidArgument("text is empty or blank: send the words to speak", fields={field: "empty"})
+    if len(text) > max_chars:
+        raise InvalidArgument(
+            f"text has {len(text)} characters, more than the {max_chars} allowed per request; "
+            "split it, or stream it with StreamingSynthesize",
+            fields={field: f"over {max_chars} characters"},
+        )
+
+
+def join(spoken: list[Spoken]) -> Spoken:
+    """Pieces joined into one (whole-text synthesis); mixed rates (a fallback voice with
+    another native rate answered part of it) are brought to the highest."""
+    rate = max(s.audio.sample_rate for s in spoken)
+    pcm = b"".join(resample_pcm16(s.audio.pcm, s.audio.sample_rate, rate) for s in spoken)
+    voices = list(dict.fromkeys(s.voice for s in spoken))
+    engines = list(dict.fromkeys(s.engine for s in spoken))
+    return Spoken(
+        " ".join(s.text for s in spoken),
+        Audio(pcm, rate),
+        ",".join(voices),
+        ",".join(engines),
+        all(s.cached for s in spoken),
+        sum(s.seconds for s in spoken),
+    )
+
+
+class Synthesizer:
+    """Speaks text with the voice chains of a registry, a phrase cache and engine breakers."""
+
+    def __init__(
+        self,
+        registry: VoiceRegistry,
+        *,
+        policy: textmod.SplitPolicy,
+        workers: int = 2,
+        cache_bytes: int = 64 * 1024 * 1024,
+        breakers: Breakers | None = None,
+        max_text_chars: int = 10_000,
+    ) -> None:
+        self.registry = registry
+        self.policy = policy
+        self.max_text_chars = max_text_chars
+        self.breakers = breakers or Breakers(SERVICE)
+        self.cache: ByteBudgetCache[Audio] = ByteBudgetCache(SERVICE, cache_bytes, lambda a: len(a.pcm) + 64)
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tts-synth")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # ------------------------------------------------------------------ requests
+    def plan(self, voice: str, language: str, speed: float, speaker_id: int | None, sample_rate: int) -> Plan:
+        """Validates the options and resolves the voice chain (NOT_FOUND, INVALID_ARGUMENT)."""
+        speed = speed or 1.0
+        if not MIN_SPEED <= speed <= MAX_SPEED:
+            raise InvalidArgument(
+                f"speed {speed:g} is outside {MIN_SPEED:g}..{MAX_SPEED:g} (1.0 is normal)",
+                fields={"config.speed": "out of range"},
+            )
+        if sample_rate and not MIN_RATE <= sample_rate <= MAX_RATE:
+            raise InvalidArgument(
+                f"sample_rate_hz {sample_rate} is outside {MIN_RATE}..{MAX_RATE} (0: the voice's rate)",
+                fields={"config.sample_rate_hz": "out of range"},
+            )
+        chain = self.registry.chain_for(voice, language.lower())
+        first = chain[0].spec
+        if speaker_id is not None and speaker_id >= first.num_speakers:
+            raise InvalidArgument(
+                f"speaker_id {speaker_id} does not exist: voice {first.name} has {first.num_speakers} speaker(s), "
+                f"ids 0..{first.num_speakers - 1}",
+                fields={"config.speaker_id": "out of range"},
+            )
+        return Plan(chain, language.lower() or first.language, SynthOptions(speed, speaker_id), sample_rate)
+
+    def prepare(self, text: str, plan: Plan, *, first: bool = True) -> list[str]:
+        """Normalised pieces of ``text`` (may be empty when nothing in it is speakable)."""
+        cleaned = textmod.normalize(text, plan.language)
+        return textmod.segments(cleaned.text, plan.language, self.policy, first=first)
+
+    def prepare_all(self, text: str, plan: Plan) -> list[str]:
+        """Like ``prepare`` for a whole request: INVALID_ARGUMENT when nothing is speakable."""
+        check_text(text, self.max_text_chars)
+        cleaned = textmod.normalize(text, plan.language)
+        pieces = textmod.segments(cleaned.text, plan.language, self.policy)
+        if not pieces:
+            raise InvalidArgument(f"nothing to speak: {cleaned.why_empty()}", fields={"text": "no speakable words"})
+        return pieces
+
+    # ------------------------------------------------------------------ speaking
+    async def speak(self, piece: str, plan: Plan) -> Spoken:
+        """Speaks one piece with the first voice of the chain that can (cache first)."""
+        errors: list[str] = []
+        for index, voice in enumerate(plan.chain):
+            options = plan.options if index == 0 else SynthOptions(plan.options.speed, None)
+            key = digest(voice.name, piece, f"{options.speed:.4f}", str(options.speaker_id), str(plan.sample_rate))
+            started = time.perf_counter()
+            hit = self.cache.get(key)
+            CACHE_LOOKUPS.labels("hit" if hit is not None else "miss").inc()
+            if hit is not None:
+                return Spoken(piece, hit, voice.name, voice.spec.engine, True, time.perf_counter() - started)
+            try:
+                audio = await self._engine_call(voice, piece, options)
+            except BreakerOpen:
+                errors.append(f"{voice.name}: breaker open")
+            except CLIENT_FAULTS:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any engine failure means: try the next voice
+                log.warning("voice failed, trying the next", voice=voice.name, error=str(exc))
+                errors.append(f"{voice.name}: {exc}")
+            else:
+                seconds = time.perf_counter() - started
+                if plan.sample_rate and plan.sample_rate != audio.sample_rate:
+                    audio = Audio(resample_pcm16(audio.pcm, audio.sample_rate, plan.sample_rate), plan.sample_rate)
+                self.cache.put(key, audio)
+                engine = voice.spec.engine
+                CHARACTERS.labels(engine).inc(len(piece))
+                SYNTH_SECONDS.labels(engine).observe(seconds)
+                if audio.duration > 0:
+                    RTF.labels(engine).observe(seconds / audio.duration)
+                return Spoken(piece, audio, voice.name, engine, False, seconds)
+            finally:
+                await self._export_breaker(voice.spec.breaker)
+            FALLBACKS.labels(voice.name).inc()
+            self.breakers.record_fallback(voice.spec.breaker)
+        raise Unavailable(f"no voice could speak this text: {'; '.join(errors)}")
+
+    async def _engine_call(self, voice: Voice, piece: str, options: SynthOptions) -> Audio:
+        loop = asyncio.get_running_loop()
+        async with await self.breakers.guard(voice.spec.breaker):
+            # If the caller is cancelled, the running piece finishes in its thread but no
+            # further piece is started: cancellation stops synthesis at the next boundary.
+            return await loop.run_in_executor(self._pool, voice.engine.synthesize, voice.name, piece, options)
+
+    async def _export_breaker(self, name: str) -> None:
+        BREAKER.labels(name).set(_BREAKER_VALUE.get(await self.breakers.state(name), 0))
+
+    async def speak_all(self, pieces: Iterable[str], plan: Plan) -> AsyncIterator[Spoken]:
+        """Speaks pieces in order, one at a time."""
+        for piece in pieces:
+            yield await self.speak(piece, plan)
+
+    async def load(self) -> None:
+        """Loads and warms the voices that lead a chain (in the pool: loading blocks)."""
+        loop = asyncio.get_running_loop()
+        seen: set[str] = set()
+        for lang in self.registry.languages():
+            for voice in self.registry.chain(lang):
+                if voice.spec.engine == "piper" and voice.name not in seen:
+                    seen.add(voice.name)
+                    await loop.run_in_executor(self._pool, voice.engine.load, voice.name)

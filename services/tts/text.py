@@ -272,9 +272,11 @@ def strip_controls(text: str, report: Cleaned) -> str:
         cat = unicodedata.category(ch)
         if ch in "\t\r\f\v":
             out.append(" ")
-        elif cat in ("Cc", "Cs", "Co", "Cn") or (cat == "Cf" and ch != "\u200d"):
+        elif cat in ("Cc", "Cs", "Co", "Cn"):
             report.removed_controls += 1
             out.append(" ")
+        elif cat == "Cf" and ch != "\u200d":
+            report.removed_controls += 1  # zero-width and bidi marks sit inside words: no space
         else:
             out.append(ch)
     return "".join(out)
@@ -346,7 +348,9 @@ def strip_markdown(text: str) -> str:
         line = re.sub(r"\*+", "", line)
         # snake_case and __bold__ both read best with the underscores gone
         line = line.replace("_", " ").strip()
-        next_blank = i + 1 >= len(lines) or not lines[i + 1].strip()
+        # a paragraph ends before a blank line; the text's own end is left as it is (a streamed
+        # piece may stop mid-sentence, and a full stop there would drop the intonation)
+        next_blank = i + 1 < len(lines) and not lines[i + 1].strip()
         if line and (structural or next_blank) and line[-1] not in TERMINATORS + CLAUSE_MARKS:
             line += "."  # a heading or list item is spoken as its own sentence
         lines_out.append(line)
@@ -579,6 +583,7 @@ def normalize(text: str, language: str) -> Cleaned:
     text = read_symbols(text, language)
     text = _WS.sub(" ", text.replace("\n", " ")).strip()
     text = re.sub(r"\s+([,.;:!?…])", r"\1", text)
+    text = re.sub(r"[,;:]+([.!?…])", r"\1", text)  # "monde, !" once a removed word is gone
     text = re.sub(r"([,;:])(?:\s*[,;:])+", r"\1", text)  # ", ," left by removed words
     text = re.sub(r"([!?…,;:])\.+", r"\1", text)  # a full stop added after "!" or a clause mark
     text = re.sub(r"^[,;:.\s]+", "", text)
@@ -728,13 +733,15 @@ class IncrementalSplitter:
         text = self.pending
         fence = _open_fence(text)
         scan = text[:fence] if fence is not None else text
+        # a closed code block is one piece (dropped when normalised): no cut inside it
+        scan = re.sub(r"```.*?```", lambda m: "x" * len(m.group(0)), scan, flags=re.S)
         policy = self.policy
-        for end in _sentence_ends(scan, self.language):
-            if end < len(scan):  # the following space arrived
-                return end
+        cuts = [end for end in _sentence_ends(scan, self.language) if end < len(scan)]  # the space arrived
         newline = scan.find("\n")
-        if 0 <= newline < len(scan) - 1:
-            return newline + 1  # a line break ends a heading or list item
+        if 0 <= newline < len(text) - 1:
+            cuts.append(newline + 1)  # a line break ends a heading or list item
+        if cuts:
+            return min(cuts)
         limit = policy.min_clause_chars if self.emitted == 0 else policy.stream_clause_chars
         for cut in _clause_cuts(scan):
             if cut >= limit and cut < len(scan):

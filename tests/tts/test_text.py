@@ -1,0 +1,200 @@
+"""Text for speech: normalisation in French and English, the character policy, and cutting."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.tts.text import IncrementalSplitter, SplitPolicy, normalize, segments, split_long, split_sentences
+
+POLICY = SplitPolicy()
+
+
+@pytest.mark.parametrize(
+    ("raw", "spoken"),
+    [
+        ("It costs $12.50.", "It costs twelve dollars and fifty cents."),
+        ("It costs $1,234.", "It costs one thousand two hundred and thirty-four dollars."),
+        ("Save 15% today", "Save fifteen percent today"),
+        ("the 21st floor and the 3rd door", "the twenty-first floor and the third door"),
+        ("Born in 1999, moved in 2024.", "Born in nineteen ninety-nine, moved in twenty twenty-four."),
+        ("Pi is 3.14", "Pi is three point one four"),
+        ("Meet at 10:30 am. Bring food.", "Meet at ten thirty a m. Bring food."),
+        ("at 9:05, or 7:00", "at nine oh five, or seven o'clock"),
+        ("It is -5 outside", "It is minus five outside"),
+        ("It is 12 km away and 21 °C", "It is twelve kilometers away and twenty-one degrees Celsius"),
+        ("On 2024-03-05 we met", "On March fifth, twenty twenty-four we met"),
+        ("Dr. Smith and Mr. Jones, e.g. friends", "Doctor Smith and Mister Jones, for example friends"),
+        ("apples, pears, etc. Then more.", "apples, pears, et cetera. Then more."),
+        ("Call 0612345678 now", "Call zero six one two three four five six seven eight now"),
+    ],
+)
+def test_english_reading(raw: str, spoken: str) -> None:
+    assert normalize(raw, "en").text == spoken
+
+
+@pytest.mark.parametrize(
+    ("raw", "spoken"),
+    [
+        ("Ça coûte 12,50 €.", "Ça coûte douze euros cinquante."),
+        (
+            "Il y a 1 234 567 habitants",
+            "Il y a un million deux cent trente-quatre mille cinq cent soixante-sept habitants",
+        ),
+        ("une baisse de 15 %", "une baisse de quinze pour cent"),
+        ("le 1er mai, la 1re fois, le 2e étage", "le premier mai, la première fois, le deuxième étage"),
+        ("Il fait 21,5 °C", "Il fait vingt et un virgule cinq degrés Celsius"),
+        ("Rendez-vous à 14h30.", "Rendez-vous à quatorze heures trente."),
+        ("Le 2024-05-01", "Le premier mai deux mille vingt-quatre"),
+        ("M. Dupont et Mme Durand", "Monsieur Dupont et Madame Durand"),
+        ("Le Dr. Martin, p. ex. au n° 5", "Le Docteur Martin, par exemple au numéro cinq"),
+        ("J'ai 3 chats", "J'ai trois chats"),
+    ],
+)
+def test_french_reading(raw: str, spoken: str) -> None:
+    assert normalize(raw, "fr").text == spoken
+
+
+def test_markdown_and_emoji_are_not_read() -> None:
+    answer = (
+        "# Weather\n\n"
+        "Here is **the forecast** for _today_ 🌞:\n"
+        "- Morning: `sunny`\n"
+        "- Evening: rain ☔\n\n"
+        "```python\nprint('not read')\n```\n"
+        "See [the details](https://example.com/x) and ![a map](map.png).\n"
+        "| day | temp |\n|---|---|\n| Mon | 20 |\n"
+    )
+    spoken = normalize(answer, "en").text
+    assert spoken == (
+        "Weather. Here is the forecast for today: Morning: sunny. Evening: rain. "
+        "See the details and a map. day, temp. Mon, twenty."
+    )
+    for leftover in ("#", "*", "`", "_", "|", "print", "http", "🌞"):
+        assert leftover not in spoken
+
+
+def test_urls_are_read_by_site_and_emails_in_full() -> None:
+    assert normalize("Go to https://www.example.com/a/b?q=1.", "en").text == "Go to example dot com."
+    assert normalize("Voir www.service-public.fr pour plus", "fr").text == "Voir service-public point fr pour plus"
+    assert normalize("Mail jane.doe@example.org today", "en").text == "Mail jane dot doe at example dot org today"
+    assert normalize("Écrivez à contact@exemple.fr", "fr").text == "Écrivez à contact arobase exemple point fr"
+
+
+def test_control_characters_are_removed_and_counted() -> None:
+    cleaned = normalize("Hello\x00 wor\u200bld\x07, bye\x1b\u202e", "en")
+    assert cleaned.text == "Hello world, bye"
+    assert cleaned.removed_controls == 5
+    assert cleaned.speakable
+
+
+def test_other_scripts_are_removed_for_a_latin_voice_and_reported() -> None:
+    mixed = normalize("Bonjour 你好 le monde, Привет !", "fr")
+    assert mixed.text == "Bonjour le monde!"
+    assert mixed.removed_scripts == {"CJK", "CYRILLIC"}
+    only_foreign = normalize("你好世界", "en")
+    assert not only_foreign.speakable
+    assert "CJK" in only_foreign.why_empty()
+    # a voice of a language written in that script keeps it
+    assert normalize("Привет мир", "ru").text == "Привет мир"
+
+
+def test_accents_and_ligatures_survive() -> None:
+    assert normalize("Noël à l'île, cœur ﬁdèle", "fr").text == "Noël à l'île, cœur fidèle"
+
+
+def test_emoji_only_is_not_speakable() -> None:
+    cleaned = normalize("👍 🎉 ✨", "en")
+    assert not cleaned.speakable
+    assert "emoji" in cleaned.why_empty()
+
+
+def test_sentences_do_not_end_at_abbreviations_initials_or_decimals() -> None:
+    text = "Dr. Smith met J. K. Rowling. Pi is 3.14 today! Is it? Yes… fine."
+    assert split_sentences(text, "en") == [
+        "Dr. Smith met J. K. Rowling.",
+        "Pi is 3.14 today!",
+        "Is it?",
+        "Yes…",
+        "fine.",
+    ]
+    assert split_sentences("M. Dupont est là. Il part.", "fr") == ["M. Dupont est là.", "Il part."]
+
+
+def test_long_sentences_are_cut_at_clauses_within_bounds() -> None:
+    sentence = (
+        "When the train finally arrived at the station after a long delay, the passengers, who had been "
+        "waiting in the cold for more than an hour, rushed towards the doors; some of them were shouting, "
+        "others were laughing, and a few simply sat down on the platform and waited for the crowd to thin out."
+    )
+    pieces = split_long(sentence, POLICY)
+    assert len(pieces) >= 2
+    assert " ".join(pieces) == sentence
+    assert all(POLICY.min_clause_chars <= len(p) <= POLICY.max_chars for p in pieces)
+    assert all(p[-1] in ",;:." for p in pieces)  # cut at clause marks, not mid-clause
+
+
+def test_a_clause_without_marks_is_cut_at_a_space() -> None:
+    sentence = " ".join(["word"] * 80)
+    pieces = split_long(sentence, POLICY)
+    assert all(len(p) <= POLICY.max_chars for p in pieces)
+    assert " ".join(pieces) == sentence
+
+
+def test_first_sentence_is_cut_early_but_short_ones_keep_their_commas() -> None:
+    long_first = "Sure, here is what I found about the weather in Paris, it will be sunny all day. Then rain."
+    assert segments(long_first, "en", POLICY) == [
+        "Sure, here is what I found about the weather in Paris,",
+        "it will be sunny all day.",
+        "Then rain.",
+    ]
+    short = "Yes, of course, gladly. Then, later, more."
+    assert segments(short, "en", POLICY) == ["Yes, of course, gladly.", "Then, later, more."]
+    # only the start of a stream is cut early: later sentences stay whole
+    assert segments(long_first, "en", POLICY, first=False)[0] == (
+        "Sure, here is what I found about the weather in Paris, it will be sunny all day."
+    )
+
+
+def _feed_words(splitter: IncrementalSplitter, text: str) -> list[str]:
+    out: list[str] = []
+    words = text.split(" ")
+    for i, word in enumerate(words):
+        out += splitter.feed(word + (" " if i < len(words) - 1 else ""))
+    return out
+
+
+def test_incremental_cut_waits_for_the_space_after_a_dot() -> None:
+    splitter = IncrementalSplitter("en", POLICY)
+    assert splitter.feed("Pi is 3.") == []
+    assert splitter.feed("14 exactly. Next") == ["Pi is 3.14 exactly."]
+    assert splitter.flush() == " Next"
+
+
+def test_incremental_cut_speaks_an_early_first_clause_then_whole_sentences() -> None:
+    splitter = IncrementalSplitter("en", POLICY)
+    pieces = _feed_words(
+        splitter,
+        "Sure, here is what I found about the weather today: it will be sunny, with a high of 24. "
+        "Tomorrow, as far as I can tell, rain is expected.",
+    )
+    pieces.append(splitter.flush())
+    assert [p.strip() for p in pieces] == [
+        "Sure, here is what I found about the weather today:",  # "Sure," alone is too short
+        "it will be sunny, with a high of 24.",
+        "Tomorrow, as far as I can tell, rain is expected.",
+    ]
+
+
+def test_incremental_cut_does_not_split_abbreviations_or_code() -> None:
+    splitter = IncrementalSplitter("en", POLICY)
+    assert _feed_words(splitter, "Ask Dr. Smith now. ") == ["Ask Dr. Smith now."]
+    pieces = splitter.feed("Run this:\n```\nx = 1. y = 2. z = 3\n")
+    assert pieces == [" Run this:\n"]  # the space left after "now." goes with the next piece
+    assert splitter.feed("```\nDone. ") == ["```\nx = 1. y = 2. z = 3\n```\n", "Done."]
+    assert normalize("```\nx = 1. y = 2. z = 3\n```\n", "en").text == ""
+
+
+def test_incremental_cut_at_a_space_when_no_mark_comes() -> None:
+    splitter = IncrementalSplitter("en", POLICY)
+    pieces = _feed_words(splitter, " ".join(["blah"] * 100))
+    assert pieces and all(len(p) <= POLICY.max_chars for p in pieces)

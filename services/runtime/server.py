@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from services.runtime.config import ServerSettings, ServiceSettings
+from services.runtime.gpu_metrics import install_gpu_metrics
 from services.runtime.interceptors import (
     HEALTH_PREFIX,
     AuthInterceptor,
@@ -138,6 +139,9 @@ async def serve(
     on_stop: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Runs a service until SIGTERM/SIGINT: listen (NOT_SERVING), warm up, SERVING, drain."""
+    if settings.server.metrics_port is not None and settings.device.device != "cpu":
+        # GPU utilisation and memory beside the service's own metrics (no-op without a GPU).
+        install_gpu_metrics()
     running = await start_server(name, settings.server, register)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -1,0 +1,404 @@
+"""Starts Parole services as local processes, exactly as their containers would run them.
+
+``make run``, the end-to-end tests and the benchmark all use this launcher, so what they test
+is the command a container runs (``python -m services.stt`` ...) configured the same way: by
+environment variables (``STT_SERVER__PORT`` ...). The orchestrator starts last and is told
+where the others listen (``ORCH_STT__TARGET`` ...).
+
+``python -m services.fleet [stt llm tts orchestrator]`` starts a fleet and keeps it up until
+Ctrl-C::
+
+    with Fleet(["stt", "llm", "tts", "orchestrator"]) as fleet:
+        target = fleet.target("orchestrator")
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import IO, Self
+
+import grpc
+
+from services.runtime.healthcheck import SERVING, status_sync
+
+REPO = Path(__file__).resolve().parent.parent
+LOCALHOST = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """How to run one service and where it listens."""
+
+    name: str
+    module: str
+    """Run as ``python -m <module>``: the container's command."""
+    env_prefix: str
+    """Prefix of the service's settings variables (``STT_``)."""
+    port: int
+    """gRPC port; 0 picks a free one at start."""
+    metrics_port: int | None = None
+    """Prometheus port; None leaves the service's own setting, 0 picks a free one."""
+    depends_on: tuple[str, ...] = ()
+    """Services that must be SERVING first; each is passed as ``<PREFIX><DEP>__TARGET``."""
+
+
+# Ports and metrics ports are the services' documented defaults, so a fleet started here is
+# reachable where a compose deployment would be.
+CATALOG: dict[str, ServiceSpec] = {
+    "stt": ServiceSpec("stt", "services.stt", "STT_", 50051, 9091),
+    "llm": ServiceSpec("llm", "services.llm", "LLM_", 50052, 9092),
+    "tts": ServiceSpec("tts", "services.tts", "TTS_", 50053, 9093),
+    "orchestrator": ServiceSpec(
+        "orchestrator", "services.orchestrator", "ORCH_", 50050, 9090, depends_on=("stt", "llm", "tts")
+    ),
+}
+ALL = ("stt", "llm", "tts", "orchestrator")
+
+
+class FleetError(RuntimeError):
+    """A service could not be started; the message says which and shows its log."""
+
+
+def free_port(host: str = LOCALHOST) -> int:
+    """A port free right now (another process may take it before it is used: tests only)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def port_in_use(port: int, host: str = LOCALHOST) -> bool:
+    """True when something already listens on ``port``.
+
+    gRPC servers bind with SO_REUSEPORT, so a second one would start on the same port and the
+    health check could be answered by the old one; a plain bind (no SO_REUSEPORT) fails instead.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def tail(path: Path | None, lines: int = 30) -> str:
+    """The last lines of a log file, indented, or a note saying there is none."""
+    if path is None:
+        return "    (log not captured: it went to the terminal)"
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as exc:
+        return f"    (cannot read {path}: {exc})"
+    last = text.rstrip().splitlines()[-lines:]
+    return "\n".join(f"    {line}" for line in last) if last else "    (log is empty)"
+
+
+@dataclass
+class Child:
+    """A started service process."""
+
+    spec: ServiceSpec
+    process: subprocess.Popen[bytes]
+    log_path: Path | None
+    started_at: float
+    serving_after: float | None = None
+    _log: IO[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def target(self) -> str:
+        return f"{LOCALHOST}:{self.spec.port}"
+
+
+class Fleet:
+    """Starts services as subprocesses, waits for SERVING, stops them all on exit."""
+
+    def __init__(
+        self,
+        services: Iterable[str | ServiceSpec] = ALL,
+        *,
+        base_env: Mapping[str, str] | None = None,
+        env: Mapping[str, Mapping[str, str]] | None = None,
+        ports: Mapping[str, int] | None = None,
+        metrics_ports: Mapping[str, int | None] | None = None,
+        log_dir: Path | None = REPO / "reports" / "fleet",
+        ready_timeout: float = 600.0,
+        stop_grace: float = 15.0,
+        python: str = sys.executable,
+        cwd: Path = REPO,
+    ) -> None:
+        """
+        ``services``: names from ``CATALOG`` or specs (tests run their own module).
+        ``base_env``: the environment every child starts from (default: this process's).
+        ``env``: per-service extra variables, by service name (they win over the fleet's own).
+        ``ports`` / ``metrics_ports``: per-service overrides; 0 picks a free port.
+        ``log_dir``: each child's stdout and stderr go to ``<log_dir>/<name>.log``; None: inherited.
+        """
+        specs = [CATALOG[s] if isinstance(s, str) else s for s in services]
+        names = [s.name for s in specs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"services listed twice: {names}")
+        ports = ports or {}
+        metrics_ports = metrics_ports or {}
+        self.specs: list[ServiceSpec] = []
+        for spec in specs:
+            port = ports.get(spec.name, spec.port)
+            metrics = metrics_ports.get(spec.name, spec.metrics_port)
+            self.specs.append(
+                replace(
+                    spec,
+                    port=port or free_port(),
+                    metrics_port=free_port() if metrics == 0 else metrics,
+                )
+            )
+        for spec in self.specs:
+            missing = [d for d in spec.depends_on if d not in names]
+            if missing:
+                raise ValueError(f"{spec.name} needs {', '.join(missing)} in the same fleet")
+        self.base_env = dict(os.environ if base_env is None else base_env)
+        self.env = {k: dict(v) for k, v in (env or {}).items()}
+        self.log_dir = log_dir
+        self.ready_timeout = ready_timeout
+        self.stop_grace = stop_grace
+        self.python = python
+        self.cwd = cwd
+        self.children: dict[str, Child] = {}
+
+    # -- what callers use ---------------------------------------------------------------------
+
+    def target(self, name: str) -> str:
+        """host:port of a service of this fleet."""
+        for spec in self.specs:
+            if spec.name == name:
+                return f"{LOCALHOST}:{spec.port}"
+        raise KeyError(f"{name} is not part of this fleet ({', '.join(s.name for s in self.specs)})")
+
+    @property
+    def targets(self) -> dict[str, str]:
+        return {spec.name: f"{LOCALHOST}:{spec.port}" for spec in self.specs}
+
+    def command(self, spec: ServiceSpec) -> list[str]:
+        """The command line of a service: the same as its container's."""
+        return [self.python, "-m", spec.module]
+
+    def environment(self, spec: ServiceSpec) -> dict[str, str]:
+        """The environment a service starts with."""
+        p = spec.env_prefix
+        env = dict(self.base_env)
+        env[f"{p}SERVER__HOST"] = LOCALHOST
+        env[f"{p}SERVER__PORT"] = str(spec.port)
+        if spec.metrics_port is not None:
+            env[f"{p}SERVER__METRICS_PORT"] = str(spec.metrics_port)
+            env[f"{p}SERVER__METRICS_HOST"] = LOCALHOST
+        for dep in spec.depends_on:
+            env[f"{p}{dep.upper()}__TARGET"] = self.target(dep)
+        # Log lines reach the file as they are written, so a failure shows its last words.
+        env["PYTHONUNBUFFERED"] = "1"
+        env.update(self.env.get(spec.name, {}))
+        return env
+
+    def start(self) -> None:
+        """Starts every service in dependency order and returns once all are SERVING.
+
+        Services whose dependencies are SERVING start together (stt, llm and tts load their
+        models in parallel). On any failure everything already started is stopped.
+        """
+        try:
+            self._check_ports()
+            pending = list(self.specs)
+            while pending:
+                ready = [s for s in pending if all(d in self.children for d in s.depends_on)]
+                if not ready:
+                    raise ValueError(f"dependency cycle among {[s.name for s in pending]}")
+                for spec in ready:
+                    self._spawn(spec)
+                self._wait_serving([self.children[s.name] for s in ready])
+                pending = [s for s in pending if s not in ready]
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> dict[str, int | None]:
+        """SIGTERM to every child (dependents first), SIGKILL after the grace; exit codes."""
+        order = list(reversed(self.children.values()))
+        for child in order:
+            if child.process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    child.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.stop_grace
+        codes: dict[str, int | None] = {}
+        for child in order:
+            try:
+                codes[child.spec.name] = child.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.process.kill()
+                codes[child.spec.name] = child.process.wait()
+            if child._log is not None:
+                child._log.close()
+        self.children.clear()
+        return codes
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> Self:
+        import asyncio
+
+        # Starting blocks (health polling, process waits); a thread keeps the loop responsive.
+        await asyncio.to_thread(self.start)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        import asyncio
+
+        await asyncio.to_thread(self.stop)
+
+    # -- inside -------------------------------------------------------------------------------
+
+    def _check_ports(self) -> None:
+        busy = [f"{s.name} :{s.port}" for s in self.specs if port_in_use(s.port)]
+        busy += [
+            f"{s.name} metrics :{s.metrics_port}" for s in self.specs if s.metrics_port and port_in_use(s.metrics_port)
+        ]
+        if busy:
+            raise FleetError(
+                f"ports already in use: {', '.join(busy)} (another fleet still running? stop it, or choose other ports)"
+            )
+
+    def _spawn(self, spec: ServiceSpec) -> None:
+        log: IO[bytes] | None = None
+        log_path: Path | None = None
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            log_path = self.log_dir / f"{spec.name}.log"
+            log = log_path.open("wb")
+        process = subprocess.Popen(
+            self.command(spec),
+            cwd=self.cwd,
+            env=self.environment(spec),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT if log is not None else None,
+            # Own process group: a Ctrl-C in the terminal reaches only the launcher, which then
+            # stops the services in order (orchestrator first) instead of all at once.
+            start_new_session=True,
+        )
+        self.children[spec.name] = Child(spec, process, log_path, time.monotonic(), _log=log)
+
+    def _wait_serving(self, children: Sequence[Child]) -> None:
+        deadline = time.monotonic() + self.ready_timeout
+        # Short reconnect backoff: the port opens a second or two after spawn, and gRPC's
+        # default backoff (up to minutes) would otherwise delay noticing it.
+        options = [
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.min_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 1000),
+        ]
+        channels = {c.spec.name: grpc.insecure_channel(c.target, options=options) for c in children}
+        last: dict[str, str] = {c.spec.name: "not reachable yet" for c in children}
+        try:
+            waiting = list(children)
+            while waiting:
+                for child in list(waiting):
+                    name = child.spec.name
+                    code = child.process.poll()
+                    if code is not None:
+                        raise FleetError(
+                            f"{name} (python -m {child.spec.module}) exited with code {code} before it was "
+                            f"SERVING; last lines of {child.log_path or 'its output'}:\n{tail(child.log_path)}"
+                        )
+                    try:
+                        state = status_sync(channels[name], timeout=1.0)
+                    except grpc.RpcError as exc:
+                        last[name] = f"health check: {exc.code().name}"  # type: ignore[attr-defined]
+                        continue
+                    if state == SERVING:
+                        child.serving_after = time.monotonic() - child.started_at
+                        waiting.remove(child)
+                    else:
+                        last[name] = "NOT_SERVING (loading)"
+                if not waiting:
+                    break
+                if time.monotonic() > deadline:
+                    child = waiting[0]
+                    raise FleetError(
+                        f"{child.spec.name} not SERVING after {self.ready_timeout:.0f} s ({last[child.spec.name]}); "
+                        f"last lines of {child.log_path or 'its output'}:\n{tail(child.log_path)}"
+                    )
+                time.sleep(0.2)
+        finally:
+            for channel in channels.values():
+                channel.close()
+
+
+def _parse_ports(items: Sequence[str]) -> dict[str, int]:
+    ports: dict[str, int] = {}
+    for item in items:
+        name, _, port = item.partition("=")
+        if not port.isdigit():
+            raise SystemExit(f"--port wants NAME=PORT, got {item!r}")
+        ports[name] = int(port)
+    return ports
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m services.fleet", description=__doc__.split("\n\n")[0])
+    parser.add_argument("services", nargs="*", metavar="SERVICE", help=f"any of {', '.join(ALL)} (default: all)")
+    parser.add_argument("--port", action="append", default=[], metavar="NAME=PORT", help="e.g. stt=50061")
+    parser.add_argument("--log-dir", type=Path, default=REPO / "reports" / "fleet", help="one <name>.log each")
+    parser.add_argument("--inherit-logs", action="store_true", help="services log to this terminal instead")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds each stage may take to be SERVING")
+    args = parser.parse_args(argv)
+    services: list[str] = args.services or list(ALL)
+    unknown = [s for s in services if s not in CATALOG]
+    if unknown:
+        parser.error(f"unknown services {unknown}; choose among {', '.join(ALL)}")
+    # The orchestrator cannot run without the services it chains.
+    if "orchestrator" in services:
+        services = [*dict.fromkeys([*services, *CATALOG["orchestrator"].depends_on])]
+    fleet = Fleet(
+        services,
+        ports=_parse_ports(args.port),
+        log_dir=None if args.inherit_logs else args.log_dir,
+        ready_timeout=args.timeout,
+    )
+
+    def _terminate(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    # SIGTERM (docker stop, a supervisor) takes the same clean path as Ctrl-C.
+    signal.signal(signal.SIGTERM, _terminate)
+    print(f"starting {', '.join(services)} ...", flush=True)
+    try:
+        with fleet:
+            for name, child in fleet.children.items():
+                print(f"  {name:<13} {child.target:<16} SERVING after {child.serving_after or 0:.1f} s", flush=True)
+            print("fleet is up; Ctrl-C stops it", flush=True)
+            signal.pause()
+    except FleetError as exc:
+        print(f"fleet: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("stopping the fleet", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

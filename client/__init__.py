@@ -1,0 +1,1 @@
+"""Parole desktop client: talk to the orchestrator from a microphone, WAV files or the keyboard."""

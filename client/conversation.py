@@ -1,0 +1,536 @@
+"""One Converse session: the streaming logic of the client, with no audio device in it.
+
+A ``Conversation`` sends the session config, then microphone audio (or typed turns), and
+plays the answer through an ``AudioSink`` as it streams in, telling the server when playback
+started and finished so it can gate the microphone. The audio devices (PyAudio), WAV files
+and the terminal are plugged in from outside, so the whole client is testable against a fake
+server without a sound card.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import grpc
+
+from parole.audio.v1 import audio_pb2
+from parole.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
+from services.runtime.audio import SPEECH_RATE, Pcm, chunks, resample_pcm16, silence
+
+CHUNK_MS = 100
+"""Streaming unit: 100 ms of microphone audio per message (3,200 bytes at 16 kHz)."""
+
+Response = orchestrator_pb2.ConverseResponse
+Request = orchestrator_pb2.ConverseRequest
+
+
+class ConversationError(RuntimeError):
+    """The session failed (server unreachable, refused, or the stream broke)."""
+
+
+class AudioSink(Protocol):
+    """Where answer audio is played (a speaker, a WAV file, nowhere)."""
+
+    async def play(self, turn_id: str, pcm: bytes, sample_rate: int) -> None:
+        """Plays a chunk and returns once it has been heard (real-time pace for a speaker).
+
+        Cancelling it must stop the sound promptly: that is how stop_playback is honoured.
+        """
+        ...
+
+    async def finish(self, turn_id: str, stopped: bool) -> Path | None:
+        """The turn's audio is over (played out, or ``stopped``); returns a file if it wrote one."""
+        ...
+
+
+class AudioSource(Protocol):
+    """Live microphone audio: PCM16 mono at ``sample_rate``, about 100 ms per chunk."""
+
+    sample_rate: int
+
+    def frames(self) -> AsyncIterator[bytes]:
+        """Chunks as the microphone delivers them (so already at real-time pace)."""
+        ...
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """What the client asks of the session (SessionConfig); zero values: server defaults."""
+
+    language: str = ""
+    voice: str = ""
+    persona: str = ""
+    session_id: str = ""
+    barge_in: bool = False
+    output_sample_rate_hz: int = 0
+    feedback_tail_ms: int | None = None
+    end_of_speech_silence_ms: int = 0
+    interim_results: bool = False
+
+    def config(self, input_rate: int = SPEECH_RATE) -> orchestrator_pb2.SessionConfig:
+        cfg = orchestrator_pb2.SessionConfig(
+            session_id=self.session_id,
+            language=self.language,
+            voice=self.voice,
+            persona=self.persona,
+            input_format=audio_pb2.AudioFormat(
+                sample_rate_hz=input_rate, encoding=audio_pb2.AUDIO_ENCODING_PCM_S16LE, channels=1
+            ),
+            output_sample_rate_hz=self.output_sample_rate_hz,
+            barge_in=self.barge_in,
+            end_of_speech_silence_ms=self.end_of_speech_silence_ms,
+            interim_results=self.interim_results,
+        )
+        if self.feedback_tail_ms is not None:
+            cfg.feedback_tail_ms = self.feedback_tail_ms
+        return cfg
+
+
+@dataclass
+class Turn:
+    """One exchange as the client saw it."""
+
+    turn_id: str
+    index: int
+    started_at: datetime
+    heard: str = ""
+    heard_language: str = ""
+    heard_confidence: float = 0.0
+    reply: str = ""
+    audio_chunks: int = 0
+    audio_seconds: float = 0.0
+    reply_rate: int = 0
+    latency: orchestrator_pb2.TurnLatency | None = None
+    errors: list[orchestrator_pb2.StageError] = field(default_factory=list)
+    stopped: str = ""
+    """Why playback was stopped by the server ("barge_in", "interrupt"); empty if not."""
+    reply_wav: Path | None = None
+    input: str = ""
+    """What the client sent: a WAV path, the typed text, or "microphone"."""
+    finished_at: datetime | None = None
+    first_audio_received: float | None = None
+    """Monotonic time the first answer audio reached the client."""
+    input_sent: float | None = None
+    """Monotonic time the client finished sending the question (last speech chunk or the text)."""
+    playback_started: float | None = None
+    playback_finished: float | None = None
+
+    @property
+    def failed(self) -> bool:
+        """The turn was lost (a stage failed without a degraded fallback)."""
+        return any(not e.degraded for e in self.errors)
+
+    @property
+    def client_first_audio_seconds(self) -> float | None:
+        """Question fully sent → first answer audio received, measured at the client.
+
+        For spoken turns it includes the server's end-of-speech silence wait, which the
+        server's own TurnLatency (measured from detected end of speech) does not.
+        """
+        if self.first_audio_received is None or self.input_sent is None:
+            return None
+        return self.first_audio_received - self.input_sent
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class _Player:
+    """Plays one turn's answer audio in order, reporting playback start and end."""
+
+    def __init__(self, conversation: Conversation, turn: Turn) -> None:
+        self.conversation = conversation
+        self.turn = turn
+        self.queue: asyncio.Queue[orchestrator_pb2.ReplyAudio] = asyncio.Queue()
+        self.started = False
+        self.done = asyncio.Event()
+        self.task = asyncio.create_task(self._run(), name=f"play-{turn.turn_id}")
+
+    async def _run(self) -> None:
+        conv, turn = self.conversation, self.turn
+        stopped = True
+        try:
+            while True:
+                chunk = await self.queue.get()
+                if not self.started:
+                    # STARTED goes out as the first chunk begins to sound: the server gates the
+                    # microphone from then on.
+                    self.started = True
+                    turn.playback_started = time.monotonic()
+                    conv._send_playback(orchestrator_pb2.PLAYBACK_EVENT_TYPE_STARTED, turn.turn_id)
+                if chunk.audio:
+                    await conv.sink.play(turn.turn_id, chunk.audio, chunk.format.sample_rate_hz or turn.reply_rate)
+                if chunk.is_last:
+                    stopped = False
+                    return
+        finally:
+            # Runs on normal end and on cancellation (stop_playback, session end) alike: the
+            # server must hear FINISHED either way, or it keeps the microphone gated.
+            turn.playback_finished = time.monotonic()
+            if self.started:
+                conv._send_playback(orchestrator_pb2.PLAYBACK_EVENT_TYPE_FINISHED, turn.turn_id)
+            with contextlib.suppress(Exception):
+                turn.reply_wav = await asyncio.shield(conv.sink.finish(turn.turn_id, stopped))
+            self.done.set()
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+
+
+class Conversation:
+    """A Converse session against the orchestrator.
+
+    ``async with Conversation(channel, options, sink) as conv:`` opens the stream and waits for
+    SESSION_STARTED; then ``speak``/``ask`` run one turn each, or ``live`` streams a microphone.
+    """
+
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        options: SessionOptions,
+        sink: AudioSink,
+        *,
+        input_rate: int = SPEECH_RATE,
+        on_event: Callable[[Response], None] | None = None,
+        on_turn: Callable[[Turn], None] | None = None,
+        start_timeout: float = 30.0,
+    ) -> None:
+        self.stub = orchestrator_pb2_grpc.OrchestratorServiceStub(channel)
+        self.options = options
+        self.sink = sink
+        self.input_rate = input_rate
+        self.on_event = on_event
+        self.on_turn = on_turn
+        self.start_timeout = start_timeout
+        self.session: orchestrator_pb2.SessionStarted | None = None
+        self.turns: list[Turn] = []
+        self.microphone_gated = False
+        self.mic_open = asyncio.Event()
+        self.mic_open.set()
+        self._by_id: dict[str, Turn] = {}
+        self._players: dict[str, _Player] = {}
+        self._completed: asyncio.Queue[Turn] = asyncio.Queue()
+        self._requests: asyncio.Queue[Request | None] = asyncio.Queue()
+        self._started = asyncio.Event()
+        self._call: Any = None
+        self._reader: asyncio.Task[None] | None = None
+        self._failure: BaseException | None = None
+        self._ended = asyncio.Event()
+        self._pending_input_sent: float | None = None
+        self._pending_input: str = ""
+        self._speech: collections.deque[bytes] = collections.deque()
+        self._speech_sent = asyncio.Event()
+        self._pump: asyncio.Task[None] | None = None
+
+    # -- session ------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Conversation:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def start(self) -> orchestrator_pb2.SessionStarted:
+        """Opens the stream (config first) and waits for the server's SESSION_STARTED."""
+        self._call = self.stub.Converse(self._request_stream())
+        self._reader = asyncio.create_task(self._read(), name="converse-read")
+        waiter = asyncio.create_task(self._started.wait())
+        await asyncio.wait({waiter, self._reader}, timeout=self.start_timeout, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        if self.session is None:
+            await self.close()
+            raise ConversationError(self._failure_text() or f"no session started within {self.start_timeout:.0f} s")
+        return self.session
+
+    async def close(self, grace: float = 10.0) -> None:
+        """Ends the request stream, lets the server finish, and stops playback."""
+        self._requests.put_nowait(None)
+        if self._reader is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._reader), grace)
+            except TimeoutError:
+                self._reader.cancel()
+                if self._call is not None:
+                    self._call.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._reader
+        for task in [self._pump, *(p.task for p in self._players.values())]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _request_stream(self) -> AsyncIterator[Request]:
+        yield Request(config=self.options.config(self.input_rate))
+        while True:
+            item = await self._requests.get()
+            if item is None:
+                return
+            yield item
+
+    def _send(self, request: Request) -> None:
+        if not self._ended.is_set():
+            self._requests.put_nowait(request)
+
+    def _send_playback(self, kind: orchestrator_pb2.PlaybackEventType.ValueType, turn_id: str) -> None:
+        self._send(Request(playback=orchestrator_pb2.PlaybackEvent(type=kind, turn_id=turn_id)))
+
+    def send_audio(self, pcm: bytes) -> None:
+        """Queues one chunk of microphone audio (the caller paces it)."""
+        self._send(Request(audio=pcm))
+
+    def interrupt(self) -> None:
+        """Asks the server to stop the current answer (push-to-talk)."""
+        self._send(Request(control=orchestrator_pb2.Control(interrupt=True)))
+
+    # -- responses ----------------------------------------------------------------------------
+
+    async def _read(self) -> None:
+        try:
+            async for response in self._call:
+                await self._handle(response)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.CANCELLED:
+                self._failure = exc
+        except Exception as exc:  # noqa: BLE001 - any failure ends the session; callers see it
+            self._failure = exc
+        finally:
+            self._ended.set()
+
+    def _failure_text(self) -> str:
+        exc = self._failure
+        if isinstance(exc, grpc.aio.AioRpcError):
+            return f"{exc.code().name}: {exc.details()}"
+        return repr(exc) if exc is not None else ""
+
+    def _turn(self, turn_id: str) -> Turn:
+        turn = self._by_id.get(turn_id)
+        if turn is None:
+            turn = Turn(turn_id=turn_id, index=len(self.turns) + 1, started_at=_now())
+            self._by_id[turn_id] = turn
+            self.turns.append(turn)
+        return turn
+
+    async def _handle(self, r: Response) -> None:
+        kind = r.WhichOneof("event")
+        if self.on_event is not None:
+            self.on_event(r)
+        if kind == "session_started":
+            self.session = r.session_started
+            self._started.set()
+            return
+        if kind == "microphone":
+            self.microphone_gated = r.microphone.gated
+            if r.microphone.gated:
+                self.mic_open.clear()
+            else:
+                self.mic_open.set()
+            return
+        if not r.turn_id:
+            if kind == "error":
+                # A session-level error (e.g. STT down): no turn will complete; let a waiting
+                # speak()/ask() return instead of waiting for its timeout.
+                orphan = Turn(turn_id="", index=len(self.turns) + 1, started_at=_now(), errors=[r.error])
+                orphan.input, orphan.finished_at = self._pending_input, _now()
+                self.turns.append(orphan)
+                if self.on_turn is not None:
+                    self.on_turn(orphan)
+                self._completed.put_nowait(orphan)
+            return
+        turn = self._turn(r.turn_id)
+        if kind == "transcript":
+            if r.transcript.is_final:
+                turn.heard = r.transcript.text
+                turn.heard_language = r.transcript.language
+                turn.heard_confidence = r.transcript.confidence
+        elif kind == "reply_text":
+            turn.reply += r.reply_text.delta
+        elif kind == "reply_audio":
+            self._on_audio(turn, r.reply_audio)
+        elif kind == "stop_playback":
+            target = self._by_id.get(r.stop_playback.turn_id or r.turn_id, turn)
+            target.stopped = r.stop_playback.reason or "stopped"
+            player = self._players.get(target.turn_id)
+            if player is not None:
+                await player.stop()
+        elif kind == "latency":
+            turn.latency = r.latency
+            if r.latency.reply_text:
+                turn.reply = r.latency.reply_text
+            asyncio.create_task(self._complete(turn))  # noqa: RUF006 - held by the player/queue
+        elif kind == "error":
+            turn.errors.append(r.error)
+            if not r.error.degraded and turn.latency is None:
+                # A lost turn may never get its latency message; do not let the caller hang.
+                asyncio.create_task(self._complete(turn, grace=2.0))  # noqa: RUF006
+
+    def _on_audio(self, turn: Turn, chunk: orchestrator_pb2.ReplyAudio) -> None:
+        if turn.stopped:
+            return  # chunks already in flight when the server said stop
+        if turn.first_audio_received is None:
+            turn.first_audio_received = time.monotonic()
+        turn.audio_chunks += 1
+        turn.reply_rate = chunk.format.sample_rate_hz or turn.reply_rate
+        if turn.reply_rate:
+            turn.audio_seconds += len(chunk.audio) / 2 / turn.reply_rate
+        player = self._players.get(turn.turn_id)
+        if player is None:
+            player = self._players[turn.turn_id] = _Player(self, turn)
+        player.queue.put_nowait(chunk)
+
+    async def _complete(self, turn: Turn, grace: float = 0.0) -> None:
+        """Hands a turn to the caller once its latency arrived and its audio finished playing."""
+        if grace:
+            await asyncio.sleep(grace)
+            if turn.latency is not None:
+                return  # the latency message came after all and completes it
+        if turn.finished_at is not None:
+            return
+        if not turn.input:
+            # What the client had sent when the turn ended: the question this turn answered.
+            turn.input, turn.input_sent = self._pending_input, self._pending_input_sent
+        player = self._players.get(turn.turn_id)
+        if player is not None:
+            await player.done.wait()
+        turn.finished_at = _now()
+        if self.on_turn is not None:
+            self.on_turn(turn)
+        self._completed.put_nowait(turn)
+
+    # -- turns --------------------------------------------------------------------------------
+
+    def _raise_if_ended(self) -> None:
+        if self._ended.is_set():
+            raise ConversationError(f"the session ended: {self._failure_text() or 'server closed the stream'}")
+
+    async def next_turn(self, within: float) -> Turn | None:
+        """The next completed turn (audio played out), or None after ``within`` seconds."""
+        getter = asyncio.create_task(self._completed.get())
+        ended = asyncio.create_task(self._ended.wait())
+        done, _ = await asyncio.wait({getter, ended}, timeout=within, return_when=asyncio.FIRST_COMPLETED)
+        ended.cancel()
+        if getter in done:
+            return getter.result()
+        getter.cancel()
+        self._raise_if_ended()
+        return None
+
+    async def _wait_mic_open(self, within: float) -> None:
+        # The server ignores audio while the microphone is gated (playback + echo tail), so a
+        # question sent then would be lost. Waiting is bounded in case the gate never reopens.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.mic_open.wait(), within)
+
+    def _drain_completed(self) -> None:
+        # Turns nobody waited for (a stray noise, a late error) must not answer the next question.
+        while not self._completed.empty():
+            self._completed.get_nowait()
+
+    async def _until(self, event: asyncio.Event) -> None:
+        """Waits for ``event``, or raises if the session ends first."""
+        waiter = asyncio.create_task(event.wait())
+        ended = asyncio.create_task(self._ended.wait())
+        await asyncio.wait({waiter, ended}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        ended.cancel()
+        if not event.is_set():
+            self._raise_if_ended()
+
+    def _ensure_pump(self) -> None:
+        if self._pump is None:
+            self._pump = asyncio.create_task(self._pump_audio(), name="converse-audio")
+
+    async def _pump_audio(self) -> None:
+        """The virtual microphone: queued speech, else silence, one chunk per 100 ms.
+
+        Silence keeps flowing between questions as it would from a microphone in a quiet
+        room, so the server's endpointing and stream clock behave as they do live.
+        """
+        quiet = silence(CHUNK_MS / 1000, self.input_rate)
+        pacer = _Pacer(CHUNK_MS / 1000)
+        while not self._ended.is_set():
+            await pacer.tick()
+            if self._speech:
+                self.send_audio(self._speech.popleft())
+                if not self._speech:
+                    self._speech_sent.set()
+            else:
+                self.send_audio(quiet)
+
+    async def speak(
+        self,
+        pcm: Pcm,
+        *,
+        label: str = "",
+        turn_timeout: float = 120.0,
+        gate_timeout: float = 15.0,
+    ) -> Turn | None:
+        """Says ``pcm`` as a microphone would, in real time, and returns the turn it caused.
+
+        Audio is resampled to the session's input rate and sent in 100 ms chunks at real-time
+        pace, followed by silence (so the server's endpointing sees the speech end). Returns
+        once the answer has been played and the microphone reopened; None if no turn came.
+        """
+        self._raise_if_ended()
+        self._drain_completed()
+        await self._wait_mic_open(gate_timeout)
+        self._ensure_pump()
+        data = resample_pcm16(pcm.data, pcm.sample_rate, self.input_rate)
+        self._pending_input, self._pending_input_sent = label, None
+        self._speech_sent.clear()
+        self._speech.extend(chunks(data, self.input_rate, CHUNK_MS))
+        await self._until(self._speech_sent)
+        self._pending_input_sent = time.monotonic()
+        turn = await self.next_turn(turn_timeout)
+        if turn is not None:
+            await self._wait_mic_open(gate_timeout)
+        return turn
+
+    async def ask(self, text: str, *, turn_timeout: float = 120.0) -> Turn | None:
+        """A typed turn: sends ``text`` and returns the turn once its answer has been played."""
+        self._raise_if_ended()
+        self._drain_completed()
+        self._pending_input, self._pending_input_sent = text, time.monotonic()
+        self._send(Request(text=text))
+        return await self.next_turn(turn_timeout)
+
+    async def live(self, source: AudioSource, muted: asyncio.Event | None = None) -> None:
+        """Streams a live microphone until the source ends or the session does.
+
+        While ``muted`` is set, silence is sent instead of the microphone (e.g. while the user
+        types a rating), so the server's stream keeps its real-time clock.
+        """
+        self._pending_input, self._pending_input_sent = "microphone", None
+        async for frame in source.frames():
+            if self._ended.is_set():
+                break
+            self.send_audio(bytes(len(frame)) if muted is not None and muted.is_set() else frame)
+        self._raise_if_ended()
+
+
+class _Pacer:
+    """Ticks every ``period`` seconds against a fixed schedule, so pacing errors do not add up."""
+
+    def __init__(self, period: float) -> None:
+        self.period = period
+        self.next: float | None = None
+
+    async def tick(self) -> None:
+        now = time.monotonic()
+        if self.next is None:
+            self.next = now
+        else:
+            self.next = max(self.next + self.period, now - self.period)
+        await asyncio.sleep(max(0.0, self.next - now))

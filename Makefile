@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PROTOS := $(shell find protos -name '*.proto')
 STAMP := parole/.generated
 
-.PHONY: install system-deps venv proto models lint test bench run clean
+.PHONY: install system-deps venv proto models lint test bench run demo clean
 
 install: system-deps venv proto models ## everything a fresh machine needs (idempotent)
 
@@ -54,7 +54,10 @@ bench: proto ## benchmarks; JSON reports under reports/
 	$(PY) -m bench
 
 run: install ## the conversation: a live one with a microphone, else the demo on bundled audio
-	$(PY) -m services.models list
+	$(PY) -m client.run
+
+demo: install ## the demo conversation on the bundled spoken questions, even with a microphone
+	$(PY) -m client.run --demo
 
 clean:
 	rm -rf parole .pytest_cache .mypy_cache .ruff_cache reports

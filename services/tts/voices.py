@@ -50,11 +50,12 @@ class VoiceRegistry:
         """The voice called ``name``; NOT_FOUND listing the voices when there is none."""
         voice = self._voices.get(name)
         if voice is None:
-            piper = [v.name for v in self._voices.values() if v.spec.engine != "espeak-ng"]
-            espeak = sorted(v.name for v in self._voices.values() if v.spec.engine == "espeak-ng")
-            listing = ", ".join(piper + espeak[:12]) + (
-                f" and {len(espeak) - 12} more espeak-ng voices" if len(espeak) > 12 else ""
-            )
+            neural = [v.name for v in self._voices.values() if v.spec.engine != "espeak-ng"]
+            espeak = [v for v in self._voices.values() if v.spec.engine == "espeak-ng"]
+            # the configured languages' espeak-ng voices first; the other hundred are only counted
+            main = [v.name for v in espeak if v.spec.language in self._chains]
+            more = len(espeak) - len(main)
+            listing = ", ".join(neural + main) + (f" and {more} more espeak-ng voices" if more else "")
             raise NotFound(
                 f"unknown voice '{name}'; available: {listing} (ListVoices gives them all)",
                 fields={"config.voice": f"unknown voice '{name}'"},

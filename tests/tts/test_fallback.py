@@ -3,6 +3,7 @@ for fault injection) opens its breaker and espeak-ng answers instead."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -31,6 +32,7 @@ class FailingEngine:
     def __init__(self, voice: str, language: str) -> None:
         self.spec = VoiceSpec(voice, language, language, 22050, "piper", "high", 1, f"piper:{voice}")
         self.calls = 0
+        self.failing = True
 
     def voices(self) -> list[VoiceSpec]:
         return [self.spec]
@@ -40,7 +42,9 @@ class FailingEngine:
 
     def synthesize(self, voice: str, text: str, options: SynthOptions) -> Audio:
         self.calls += 1
-        raise EngineError("onnxruntime: simulated failure")
+        if self.failing:
+            raise EngineError("onnxruntime: simulated failure")
+        return Audio(b"\x10\x00" * 22050, 22050)  # healed: one second of (quiet) audio
 
 
 @pytest.fixture(scope="module")
@@ -84,13 +88,16 @@ def test_voice_files_without_their_json_or_with_bad_names_are_ignored(model_stor
 
 
 @pytest.fixture
-async def faulty() -> AsyncIterator[tuple[tts_pb2_grpc.TtsServiceAsyncStub, FailingEngine, TtsApp]]:
+async def faulty(
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[tuple[tts_pb2_grpc.TtsServiceAsyncStub, FailingEngine, TtsApp]]:
     broken = FailingEngine("en_US-broken-high", "en")
+    ttl = getattr(request, "param", 60.0)
     settings = tts_settings(
         Path("/nonexistent"),
         chains={"en": ["en_US-broken-high", "espeak-ng:en-us"]},
         breaker_threshold=2,
-        breaker_ttl_seconds=60,
+        breaker_ttl_seconds=ttl,
     )
     app = TtsApp(settings, engines=[broken, EspeakEngine()])
     running = await start_app(app, settings.server)
@@ -134,3 +141,20 @@ async def test_every_voice_failing_is_unavailable(
     assert broken.calls == 1
     response = await stub.ListVoices(tts_pb2.ListVoicesRequest(language="en"))
     assert len(response.voices) > 1  # still serving
+
+
+@pytest.mark.parametrize("faulty", [1.0], indirect=True)
+async def test_breaker_probes_after_its_ttl_and_closes_when_the_engine_heals(
+    faulty: tuple[tts_pb2_grpc.TtsServiceAsyncStub, FailingEngine, TtsApp],
+) -> None:
+    stub, broken, app = faulty
+    config = tts_pb2.SynthesisConfig(language="en")
+    for i in range(2):
+        await stub.Synthesize(tts_pb2.SynthesizeRequest(text=f"Open it {i}.", config=config))
+    assert await app.synth.breakers.state("piper:en_US-broken-high") == "open"
+    broken.failing = False
+    await asyncio.sleep(1.2)
+    assert await app.synth.breakers.state("piper:en_US-broken-high") == "half-open"
+    response = await stub.Synthesize(tts_pb2.SynthesizeRequest(text="Probe call.", config=config))
+    assert response.audio.voice == "en_US-broken-high"  # the probe went through and worked
+    assert await app.synth.breakers.state("piper:en_US-broken-high") == "closed"

@@ -223,8 +223,9 @@ async def test_speed_and_sample_rate_options(tts_stub: tts_pb2_grpc.TtsServiceAs
     assert normal.duration_seconds * 0.4 < fast.duration_seconds < normal.duration_seconds * 0.75
     at16k = await synth(tts_stub, text, tts_pb2.SynthesisConfig(language="en", sample_rate_hz=16000))
     assert at16k.format.sample_rate_hz == 16000
-    assert len(at16k.audio) == pytest.approx(len(normal.audio) * 16000 / 22050, rel=0.01)
-    assert at16k.duration_seconds == pytest.approx(normal.duration_seconds, rel=0.01)
+    assert at16k.duration_seconds == pytest.approx(len(at16k.audio) / 2 / 16000)
+    # Piper's duration noise varies each synthesis by a few percent; resampling keeps length
+    assert at16k.duration_seconds == pytest.approx(normal.duration_seconds, rel=0.06)
     espeak_fast = await synth(tts_stub, text, tts_pb2.SynthesisConfig(voice="espeak-ng:en-us", speed=2.0))
     espeak = await synth(tts_stub, text, tts_pb2.SynthesisConfig(voice="espeak-ng:en-us"))
     assert espeak_fast.duration_seconds < espeak.duration_seconds * 0.7
@@ -339,6 +340,21 @@ async def test_client_cancel_stops_synthesis(tts_stub: tts_pb2_grpc.TtsServiceAs
     after = metric("parole_tts_characters_total", {"engine": "piper"})
     assert after == at_cancel  # nothing more was synthesized
     assert after - before < len(" ".join(sentences)) / 4  # only the first few pieces ever were
+    await still_serving(tts_stub)
+
+
+async def test_client_cancel_of_incremental_synthesis_stops_it(tts_stub: tts_pb2_grpc.TtsServiceAsyncStub) -> None:
+    sent: list[float] = []
+    text = " ".join(f"Incremental sentence {i} that the client stops listening to." for i in range(30))
+    config = tts_pb2.SynthesisConfig(language="en", speed=1.04)
+    call = tts_stub.StreamingSynthesize(_deltas(text, config, sent, gap=0.005))
+    async for _ in call:
+        break
+    call.cancel()
+    await asyncio.sleep(0.5)
+    at_cancel = metric("parole_tts_characters_total", {"engine": "piper"})
+    await asyncio.sleep(1.5)
+    assert metric("parole_tts_characters_total", {"engine": "piper"}) == at_cancel
     await still_serving(tts_stub)
 
 

@@ -1,0 +1,1 @@
+"""Speech-to-text service: streaming and unary recognition with faster-whisper."""

@@ -1,0 +1,125 @@
+"""Settings of the STT service: the engine chain, endpointing, limits and resilience.
+
+Everything is overridable by env with the ``STT_`` prefix and ``__`` nesting
+(``STT_STREAMING__END_OF_SPEECH_SILENCE_MS=250``) or by a YAML file (``--config``);
+``services/stt/stt.gpu.yaml`` shows the production chain (large-v3 on CUDA → base on CPU).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, Field, model_validator
+from pydantic_settings import SettingsConfigDict
+
+from services.runtime.config import ServerSettings, ServiceSettings
+
+ENGINE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.\-]{0,63}$")
+
+
+class EngineSettings(BaseModel):
+    """One engine of the fallback chain: a Whisper model on a device."""
+
+    model_config = {"extra": "forbid"}
+
+    name: str
+    """Name shown in results, metrics and ListEngines; usable as RecognitionConfig.model_hint."""
+    model: str = "whisper-base"
+    """Model reference resolved by the model store: an offline name (whisper-base,
+    whisper-tiny.en), a fetched hub name (large-v3, large-v2) or a directory path."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto: the service's device placement (``device`` section). cpu: always CPU, whatever
+    the placement (the last-resort fallback). cuda: the placement must have found a GPU."""
+    compute_type: str = "auto"
+    """auto: float16 on CUDA, int8 on CPU (float32 is several times slower on CPU)."""
+    beam_size: int = Field(default=5, ge=1, le=10)
+    """Beam width of final decodes. Interim decodes are always greedy (they are thrown away)."""
+    english_only: bool = False
+    """The model only knows English (tiny.en, base.en): skipped for other configured languages."""
+
+    @model_validator(mode="after")
+    def _check_name(self) -> EngineSettings:
+        if not ENGINE_NAME.match(self.name):
+            raise ValueError(f"engine name {self.name!r} must be lowercase letters, digits, '.', '_' or '-'")
+        return self
+
+
+class StreamingSettings(BaseModel):
+    """Voice activity detection and endpointing of streaming recognition."""
+
+    model_config = {"extra": "forbid"}
+
+    end_of_speech_silence_ms: int = Field(default=300, ge=64, le=5000)
+    """Silence that ends an utterance when the client does not set one."""
+    speculative_pause_ms: int = Field(default=160, ge=32, le=2000)
+    """At this much silence the final decode starts speculatively; the same audio is the final's
+    when the silence goes on to end the utterance, so the final is ready sooner. Also the
+    silence kept after the last speech in the decoded audio."""
+    pre_roll_ms: int = Field(default=100, ge=0, le=1000)
+    """Audio kept before the first voiced window (Silero triggers a little late). Kept short:
+    Whisper base misreads more often after a long lead of silence (measured on French)."""
+    min_speech_ms: int = Field(default=96, ge=32, le=1000)
+    """Voiced audio needed before SPEECH_STARTED: coughs and clicks shorter than this are ignored."""
+    vad_threshold: float = Field(default=0.5, gt=0, lt=1)
+    """Silero speech probability at or above which a 32 ms window is speech."""
+    vad_neg_threshold: float = Field(default=0.35, gt=0, lt=1)
+    """Below this a window is silence; between the two thresholds the previous state holds."""
+    interim_interval_ms: int = Field(default=1000, ge=200, le=10000)
+    """New speech between two interim decodes. Interims only run when a decode worker is idle,
+    so on a busy CPU they thin out instead of delaying finals."""
+    max_utterance_seconds: float = Field(default=30.0, gt=1, le=120)
+    """An utterance is cut (a final is sent, recognition goes on) when it reaches this length.
+    30 s is Whisper's window: longer would need the slower sliding decode."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StreamingSettings:
+        if self.vad_neg_threshold > self.vad_threshold:
+            raise ValueError("vad_neg_threshold must not exceed vad_threshold")
+        return self
+
+
+class SttSettings(ServiceSettings):
+    """Settings of the speech-to-text service (env prefix ``STT_``)."""
+
+    model_config = SettingsConfigDict(**{**ServiceSettings.model_config, "env_prefix": "STT_"})
+
+    server: ServerSettings = ServerSettings(
+        port=50051,
+        metrics_port=9091,
+        # Unary recognition takes whole files: 32 MiB is about 17 minutes of 16 kHz PCM.
+        max_receive_message_bytes=32 * 1024 * 1024,
+    )
+    engines: list[EngineSettings] = Field(default_factory=lambda: [EngineSettings(name="base")])
+    """The fallback chain, first tried first. Every engine is loaded at start-up."""
+    streaming: StreamingSettings = StreamingSettings()
+    decode_workers: int = Field(default=2, ge=1, le=16)
+    """Decodes run at once (CTranslate2 workers). Interims may hold all but one, so a final
+    never waits behind an interim. On CPU each worker gets cores/workers threads: Whisper base
+    decodes about as fast on one core as on two, so two workers nearly double throughput."""
+    max_pending_decodes: int = Field(default=16, ge=1, le=1024)
+    """Decodes running or waiting, across every stream; beyond it calls get RESOURCE_EXHAUSTED."""
+    decode_timeout_base_seconds: float = Field(default=10.0, gt=0)
+    """Time allowed for a decode, before the per-second allowance is added."""
+    decode_timeout_per_audio_second: float = Field(default=1.0, gt=0)
+    """Extra time allowed per second of audio (a 30 s file on CPU needs ~10 s)."""
+    breaker_threshold: int = Field(default=3, ge=1)
+    """Consecutive failures that open an engine's circuit breaker."""
+    breaker_ttl_seconds: float = Field(default=30.0, gt=0)
+    """How long an open breaker skips its engine before one call probes it again."""
+    cache_max_bytes: int = Field(default=200 * 1024 * 1024, ge=0)
+    """Byte budget of the result cache (keyed by a hash of the audio and options); 0 disables it."""
+    max_audio_seconds: float = Field(default=600.0, gt=0)
+    """Longest audio accepted by unary Recognize; longer gets INVALID_ARGUMENT."""
+    temperatures: tuple[float, ...] = (0.0, 0.2, 0.4)
+    """Temperature fallback of final decodes when the greedy/beam result looks degenerate. A
+    short list bounds the worst-case decode time on noise."""
+
+    @model_validator(mode="after")
+    def _check_engines(self) -> SttSettings:
+        if not self.engines:
+            raise ValueError("engines: at least one engine is needed")
+        names = [e.name for e in self.engines]
+        if len(set(names)) != len(names):
+            raise ValueError(f"engines: names must be unique, got {names}")
+        return self

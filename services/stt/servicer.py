@@ -1,0 +1,269 @@
+"""gRPC face of the STT service: validates requests, converts audio, maps domain results to
+protobuf. The work itself happens in ``streaming`` and ``recognizer``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+import numpy as np
+import soxr
+
+from parole.audio.v1 import audio_pb2
+from parole.stt.v1 import stt_pb2, stt_pb2_grpc
+from services.runtime.audio import PCM16_WIDTH, SPEECH_RATE, FloatAudio, check_input_rate, read_wav_bytes, resample
+from services.runtime.errors import FailedPrecondition, InvalidArgument
+from services.stt.config import SttSettings
+from services.stt.engine import DecodeOptions, Transcript
+from services.stt.recognizer import AUDIO_SECONDS, Recognizer
+from services.stt.streaming import SessionEvent, SpeechEvent, StreamConfig, StreamSession, VadModel
+
+MAX_PROMPT_CHARS = 2000
+MAX_CHANNELS = 8
+
+
+class AudioConverter:
+    """PCM16 chunks at an accepted rate → 16 kHz mono float, resampled as a stream so chunk
+    edges leave no clicks."""
+
+    def __init__(self, rate: int, channels: int) -> None:
+        self.rate = rate
+        self.channels = channels
+        self._stream = soxr.ResampleStream(rate, SPEECH_RATE, 1, dtype="float32") if rate != SPEECH_RATE else None
+
+    def convert(self, data: bytes) -> FloatAudio:
+        frame = PCM16_WIDTH * self.channels
+        if len(data) % frame:
+            raise InvalidArgument(
+                f"audio chunk of {len(data)} bytes does not hold whole samples ({frame} bytes per frame "
+                f"for 16-bit PCM with {self.channels} channel(s))",
+                fields={"audio": "partial sample"},
+            )
+        audio = np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
+        if self.channels > 1:
+            audio = audio.reshape(-1, self.channels).mean(axis=1, dtype=np.float32)
+        if self._stream is None:
+            return audio
+        return np.asarray(self._stream.resample_chunk(audio), dtype=np.float32)
+
+    def flush(self) -> FloatAudio:
+        if self._stream is None:
+            return np.zeros(0, dtype=np.float32)
+        return np.asarray(self._stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True), dtype=np.float32)
+
+
+class SttServicer(stt_pb2_grpc.SttServiceServicer):
+    """StreamingRecognize, Recognize and ListEngines over a ``Recognizer``."""
+
+    def __init__(
+        self,
+        recognizer: Recognizer,
+        settings: SttSettings,
+        vad_factory: Callable[[], VadModel],
+        languages: frozenset[str],
+    ) -> None:
+        self.recognizer = recognizer
+        self.settings = settings
+        self.vad_factory = vad_factory
+        self.languages = languages
+
+    # ------------------------------------------------------------------ validation
+    def _language(self, config: stt_pb2.RecognitionConfig) -> str | None:
+        lang = config.language.strip().lower()
+        if not lang:
+            return None
+        if lang not in self.languages:
+            raise InvalidArgument(
+                f"language {config.language!r} is not one Whisper knows; use an ISO 639-1 code such as "
+                "'en' or 'fr', or leave it empty to detect it",
+                fields={"config.language": "unknown language"},
+            )
+        return lang
+
+    def _common(self, config: stt_pb2.RecognitionConfig) -> tuple[str | None, str | None]:
+        if len(config.initial_prompt) > MAX_PROMPT_CHARS:
+            raise InvalidArgument(
+                f"initial_prompt is {len(config.initial_prompt)} characters; the limit is {MAX_PROMPT_CHARS}",
+                fields={"config.initial_prompt": "too long"},
+            )
+        if config.model_hint:
+            self.recognizer.chain(config.model_hint, None)  # raises for an unknown engine
+        return self._language(config), config.initial_prompt or None
+
+    @staticmethod
+    def _channels(fmt: audio_pb2.AudioFormat) -> int:
+        channels = fmt.channels or 1
+        if channels > MAX_CHANNELS:
+            raise InvalidArgument(
+                f"{channels} channels is not supported (at most {MAX_CHANNELS}; mono is best)",
+                fields={"config.audio_format.channels": "too many channels"},
+            )
+        return channels
+
+    # ------------------------------------------------------------------ streaming
+    async def StreamingRecognize(
+        self,
+        request_iterator: AsyncIterator[stt_pb2.StreamingRecognizeRequest],
+        context: grpc.aio.ServicerContext[stt_pb2.StreamingRecognizeRequest, stt_pb2.StreamingRecognizeResponse],
+    ) -> AsyncIterator[stt_pb2.StreamingRecognizeResponse]:
+        first = await anext(aiter(request_iterator), None)
+        if first is None:
+            return  # the client closed without sending anything: nothing to recognize
+        if first.WhichOneof("request") != "config":
+            raise FailedPrecondition(
+                "the first message of StreamingRecognize must carry config; audio came first",
+                fields={"request": "config expected first"},
+            )
+        config = first.config
+        fmt = config.audio_format
+        if fmt.encoding == audio_pb2.AUDIO_ENCODING_WAV:
+            raise InvalidArgument(
+                "WAV is only accepted by unary Recognize; stream raw PCM_S16LE chunks",
+                fields={"config.audio_format.encoding": "WAV in a stream"},
+            )
+        rate = check_input_rate(fmt.sample_rate_hz, "config.audio_format.sample_rate_hz")
+        channels = self._channels(fmt)
+        language, prompt = self._common(config)
+        eos = config.end_of_speech_silence_ms
+        if eos and not 64 <= eos <= 5000:
+            raise InvalidArgument(
+                f"end_of_speech_silence_ms must be between 64 and 5000 (or 0 for the default); got {eos}",
+                fields={"config.end_of_speech_silence_ms": "out of range"},
+            )
+        stream_config = StreamConfig(
+            language=language,
+            interim_results=config.interim_results,
+            word_timestamps=config.word_timestamps,
+            initial_prompt=prompt,
+            model_hint=config.model_hint,
+            single_utterance=config.single_utterance,
+            end_of_speech_silence_ms=eos,
+        )
+        converter = AudioConverter(rate, channels)
+        session = StreamSession(self.recognizer, self.vad_factory(), self.settings.streaming, stream_config)
+        async for event in session.run(self._audio(request_iterator, converter)):
+            yield _stream_response(event)
+
+    @staticmethod
+    async def _audio(
+        requests: AsyncIterator[stt_pb2.StreamingRecognizeRequest], converter: AudioConverter
+    ) -> AsyncIterator[FloatAudio]:
+        counter = AUDIO_SECONDS.labels("streaming")
+        async for request in requests:
+            which = request.WhichOneof("request")
+            if which == "config":
+                raise FailedPrecondition(
+                    "config may only be sent once, as the first message", fields={"request": "second config"}
+                )
+            if which is None or not request.audio:
+                continue
+            audio = converter.convert(request.audio)
+            counter.inc(len(request.audio) / (PCM16_WIDTH * converter.channels * converter.rate))
+            yield audio
+        tail = converter.flush()
+        if tail.size:
+            yield tail
+
+    # ------------------------------------------------------------------ unary
+    async def Recognize(
+        self,
+        request: stt_pb2.RecognizeRequest,
+        context: grpc.aio.ServicerContext[stt_pb2.RecognizeRequest, stt_pb2.RecognizeResponse],
+    ) -> stt_pb2.RecognizeResponse:
+        config = request.config
+        fmt = config.audio_format
+        if not request.audio:
+            raise InvalidArgument("audio is empty", fields={"audio": "empty"})
+        if fmt.encoding == audio_pb2.AUDIO_ENCODING_WAV:
+            pcm = read_wav_bytes(request.audio)
+            rate = check_input_rate(pcm.sample_rate, "audio (WAV header sample rate)")
+            data, channels = pcm.data, 1
+        else:
+            rate = check_input_rate(fmt.sample_rate_hz, "config.audio_format.sample_rate_hz")
+            data, channels = request.audio, self._channels(fmt)
+        language, prompt = self._common(config)
+        frame = PCM16_WIDTH * channels
+        if len(data) % frame:
+            raise InvalidArgument(
+                f"audio of {len(data)} bytes does not hold whole samples ({frame} bytes per frame)",
+                fields={"audio": "partial sample"},
+            )
+        duration = len(data) / frame / rate
+        if duration > self.settings.max_audio_seconds:
+            raise InvalidArgument(
+                f"audio lasts {duration:.1f} s; the limit is {self.settings.max_audio_seconds:g} s "
+                "(split it, or stream it with StreamingRecognize)",
+                fields={"audio": "too long"},
+            )
+        AUDIO_SECONDS.labels("unary").inc(duration)
+        audio = np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
+        if channels > 1:
+            audio = audio.reshape(-1, channels).mean(axis=1, dtype=np.float32)
+        audio = resample(audio, rate, SPEECH_RATE)
+        options = DecodeOptions(
+            language=language,
+            word_timestamps=config.word_timestamps,
+            initial_prompt=prompt,
+            kind="unary",
+            # A file may hold long silences: Silero drops them (and silence-only audio gives
+            # an empty transcript instead of Whisper's hallucinated "Thank you.").
+            vad_filter=True,
+        )
+        rec = await self.recognizer.recognize(audio, options, hint=config.model_hint, deadline=context.time_remaining())
+        return stt_pb2.RecognizeResponse(
+            result=_result(rec.transcript, True, 0, 0.0, duration),
+            audio_duration_seconds=duration,
+            cached=rec.cached,
+        )
+
+    async def ListEngines(
+        self,
+        request: stt_pb2.ListEnginesRequest,
+        context: grpc.aio.ServicerContext[stt_pb2.ListEnginesRequest, stt_pb2.ListEnginesResponse],
+    ) -> stt_pb2.ListEnginesResponse:
+        infos = [
+            stt_pb2.EngineInfo(
+                name=e.name,
+                model=e.model,
+                device=e.device_label,
+                compute_type=e.compute_type,
+                breaker_state=await self.recognizer.breakers.state(e.name),
+            )
+            for e in self.recognizer.engines
+        ]
+        return stt_pb2.ListEnginesResponse(engines=infos)
+
+
+def _result(t: Transcript, final: bool, utterance: int, start: float, end: float) -> stt_pb2.RecognitionResult:
+    return stt_pb2.RecognitionResult(
+        transcript=t.text,
+        is_final=final,
+        language=t.language,
+        language_probability=t.language_probability,
+        confidence=t.confidence,
+        words=[
+            stt_pb2.WordInfo(word=w.word, start_seconds=w.start, end_seconds=w.end, probability=w.probability)
+            for w in t.words
+        ],
+        start_seconds=start,
+        end_seconds=end,
+        engine=t.engine,
+        decode_seconds=t.decode_seconds,
+        utterance_index=utterance,
+    )
+
+
+def _stream_response(event: SessionEvent) -> stt_pb2.StreamingRecognizeResponse:
+    if isinstance(event, SpeechEvent):
+        kind = (
+            stt_pb2.SPEECH_EVENT_TYPE_SPEECH_STARTED
+            if event.kind == "started"
+            else stt_pb2.SPEECH_EVENT_TYPE_SPEECH_ENDED
+        )
+        return stt_pb2.StreamingRecognizeResponse(
+            speech_event=kind, event_seconds=event.at_seconds, audio_processed_seconds=event.processed_seconds
+        )
+    return stt_pb2.StreamingRecognizeResponse(
+        result=_result(event.transcript, event.is_final, event.utterance, event.start_seconds, event.end_seconds),
+        audio_processed_seconds=event.processed_seconds,
+    )

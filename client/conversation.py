@@ -338,6 +338,9 @@ class Conversation:
             else:
                 self.mic_open.set()
             return
+        if kind == "stop_playback":
+            await self._stop_playback(r.stop_playback.turn_id or r.turn_id, r.stop_playback.reason or "stopped")
+            return
         if not r.turn_id:
             if kind == "error":
                 # A session-level error (e.g. STT down): no turn will complete; let a waiting
@@ -359,12 +362,6 @@ class Conversation:
             turn.reply += r.reply_text.delta
         elif kind == "reply_audio":
             self._on_audio(turn, r.reply_audio)
-        elif kind == "stop_playback":
-            target = self._by_id.get(r.stop_playback.turn_id or r.turn_id, turn)
-            target.stopped = r.stop_playback.reason or "stopped"
-            player = self._players.get(target.turn_id)
-            if player is not None:
-                await player.stop()
         elif kind == "latency":
             turn.latency = r.latency
             if r.latency.reply_text:
@@ -375,6 +372,15 @@ class Conversation:
             if not r.error.degraded and turn.latency is None:
                 # A lost turn may never get its latency message; do not let the caller hang.
                 asyncio.create_task(self._complete(turn, grace=2.0))  # noqa: RUF006
+
+    async def _stop_playback(self, turn_id: str, reason: str) -> None:
+        """Silences the named turn's answer, or every answer playing when no turn is named."""
+        if turn_id:
+            self._turn(turn_id).stopped = reason
+        for player in list(self._players.values()):
+            if (not turn_id or player.turn.turn_id == turn_id) and not player.done.is_set():
+                player.turn.stopped = reason
+                await player.stop()
 
     def _on_audio(self, turn: Turn, chunk: orchestrator_pb2.ReplyAudio) -> None:
         if turn.stopped:

@@ -42,6 +42,8 @@ class Script:
     """Silent 100 ms chunks after speech that end a spoken turn."""
     stop_after_first_chunk: bool = False
     """Send stop_playback (barge_in) after the first chunk, then one more (late) chunk."""
+    stop_names_turn: bool = True
+    """False: the stop_playback names no turn (the client must stop whatever plays)."""
     abort: grpc.StatusCode | None = None
 
 
@@ -119,7 +121,8 @@ class FakeOrchestrator(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                 )
                 if script.stop_after_first_chunk:
                     await asyncio.sleep(0.15)
-                    send(turn_id, stop_playback=pb.StopPlayback(turn_id=turn_id, reason="barge_in"))
+                    named = turn_id if script.stop_names_turn else ""
+                    send(named, stop_playback=pb.StopPlayback(turn_id=named, reason="barge_in"))
                     send(turn_id, reply_audio=pb.ReplyAudio(audio=tone(0.5, rate), format=fmt, sequence=i + 1))
                     interrupted = True
                     break

@@ -90,10 +90,12 @@ async def test_playback_events_bracket_the_answer_audio(fake_server: FakeServer,
     assert abs(turn.audio_seconds - 0.6) < 0.01
 
 
+@pytest.mark.parametrize("names_turn", [True, False], ids=["turn-named", "no-turn-named"])
 async def test_stop_playback_flushes_the_answer_and_reports_finished(
-    fake_server: FakeServer, open_channels: Channels
+    fake_server: FakeServer, open_channels: Channels, names_turn: bool
 ) -> None:
-    fake, target = await fake_server.start(Script(chunks=3, chunk_seconds=1.0, stop_after_first_chunk=True))
+    script = Script(chunks=3, chunk_seconds=1.0, stop_after_first_chunk=True, stop_names_turn=names_turn)
+    fake, target = await fake_server.start(script)
     sink = VirtualSink()
     async with Conversation(open_channels(target), SessionOptions(barge_in=True), sink) as conv:
         turn = await conv.speak(question(), turn_timeout=10)

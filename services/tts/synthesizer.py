@@ -145,7 +145,9 @@ class Synthesizer:
                 f"sample_rate_hz {sample_rate} is outside {MIN_RATE}..{MAX_RATE} (0: the voice's rate)",
                 fields={"config.sample_rate_hz": "out of range"},
             )
-        chain = self.registry.chain_for(voice, language.lower())
+        # "fr-FR" or "fr_FR" mean French: the chains are per ISO 639-1 language
+        language = language.lower().replace("_", "-").split("-")[0]
+        chain = self.registry.chain_for(voice, language)
         first = chain[0].spec
         if speaker_id is not None and speaker_id >= first.num_speakers:
             raise InvalidArgument(
@@ -153,7 +155,7 @@ class Synthesizer:
                 f"ids 0..{first.num_speakers - 1}",
                 fields={"config.speaker_id": "out of range"},
             )
-        return Plan(chain, language.lower() or first.language, SynthOptions(speed, speaker_id), sample_rate)
+        return Plan(chain, language or first.language, SynthOptions(speed, speaker_id), sample_rate)
 
     def prepare(self, text: str, plan: Plan, *, first: bool = True) -> list[str]:
         """Normalised pieces of ``text`` (may be empty when nothing in it is speakable)."""

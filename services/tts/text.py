@@ -64,6 +64,8 @@ LATIN_LANGUAGES = frozenset(
         "sw",
     ]
 )
+READ_LANGUAGES = frozenset({"fr", "en"})
+"""Languages whose numbers, abbreviations and symbols are read by the rules below."""
 TERMINATORS = ".!?…"
 CLAUSE_MARKS = ",;:—–"
 
@@ -577,10 +579,15 @@ def normalize(text: str, language: str) -> Cleaned:
     text = text.replace("\u200d", "").replace("\ufe0f", "")  # left-over emoji joiners
     text = keep_script(text, language, report)
     text = strip_markdown(text)
-    text = read_urls(text, language)
-    text = expand_abbreviations(text, language)
-    text = read_numbers(text, language)
-    text = read_symbols(text, language)
+    if language in READ_LANGUAGES:
+        text = read_urls(text, language)
+        text = expand_abbreviations(text, language)
+        text = read_numbers(text, language)
+        text = read_symbols(text, language)
+    else:
+        # no reading rules here for this language: English number words in German text would
+        # be wrong, while espeak-ng reads digits in its own language; only decoration goes
+        text = re.sub(r"[#*|~^<>\\{}\[\]_]", " ", text)
     text = _WS.sub(" ", text.replace("\n", " ")).strip()
     text = re.sub(r"\s+([,.;:!?…])", r"\1", text)
     text = re.sub(r"[,;:]+([.!?…])", r"\1", text)  # "monde, !" once a removed word is gone

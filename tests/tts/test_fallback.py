@@ -158,3 +158,27 @@ async def test_breaker_probes_after_its_ttl_and_closes_when_the_engine_heals(
     response = await stub.Synthesize(tts_pb2.SynthesizeRequest(text="Probe call.", config=config))
     assert response.audio.voice == "en_US-broken-high"  # the probe went through and worked
     assert await app.synth.breakers.state("piper:en_US-broken-high") == "closed"
+
+
+async def test_whole_audio_larger_than_a_message_is_resource_exhausted() -> None:
+    settings = tts_settings(Path("/nonexistent"))
+    settings.server.max_send_message_bytes = 192 * 1024  # ~4.4 s at 22 kHz: one sentence fits, three do not
+    app = TtsApp(settings, engines=[EspeakEngine()])
+    running = await start_app(app, settings.server)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub: tts_pb2_grpc.TtsServiceAsyncStub = tts_pb2_grpc.TtsServiceStub(channel)  # type: ignore[assignment]
+            config = tts_pb2.SynthesisConfig(language="fr-FR")
+            text = "Une phrase assez longue pour dépasser la limite. " * 3
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await stub.Synthesize(tts_pb2.SynthesizeRequest(text=text, config=config))
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "SynthesizeStream" in (info.value.details() or "")
+            # the same text streamed comes in pieces that each fit
+            pieces = [
+                r.audio async for r in stub.SynthesizeStream(tts_pb2.SynthesizeStreamRequest(text=text, config=config))
+            ]
+            assert len(pieces) == 3 and all(p.voice == "espeak-ng:fr" for p in pieces)
+    finally:
+        await running.stop(0)
+        await app.close()

@@ -198,3 +198,8 @@ def test_incremental_cut_at_a_space_when_no_mark_comes() -> None:
     splitter = IncrementalSplitter("en", POLICY)
     pieces = _feed_words(splitter, " ".join(["blah"] * 100))
     assert pieces and all(len(p) <= POLICY.max_chars for p in pieces)
+
+
+def test_other_languages_keep_digits_for_the_engine() -> None:
+    # no German reading rules: digits stay for espeak-ng to read in German, not "three"
+    assert normalize("Ich habe **3** Äpfel 🍎 für 2,50 €", "de").text == "Ich habe 3 Äpfel für 2,50 €"

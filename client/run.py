@@ -25,7 +25,7 @@ from client.conversation import ConversationError, SessionOptions, Turn
 from client.demo import Question, questions
 from client.report import latency_table, save_report, turn_record
 from client.sinks import VirtualSink
-from services.fleet import ALL, REPO, Fleet, FleetError
+from services.fleet import ALL, REPO, Fleet, FleetError, announce
 from services.runtime.audio import read_wav
 from services.runtime.channel import ChannelSettings
 
@@ -108,9 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"starting the fleet: {', '.join(ALL)} (logs in {args.log_dir}/) ...", flush=True)
     started = datetime.now(UTC)
     try:
-        with Fleet(ALL, log_dir=args.log_dir, ready_timeout=args.ready_timeout) as fleet:
-            for name, child in fleet.children.items():
-                print(f"  {name:<13} {child.target:<16} SERVING after {child.serving_after or 0:5.1f} s", flush=True)
+        with Fleet(ALL, log_dir=args.log_dir, ready_timeout=args.ready_timeout, on_ready=announce) as fleet:
             target = fleet.target("orchestrator")
             if not args.demo and mic_problem is None:
                 asyncio.run(live(target, args))

@@ -22,7 +22,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType, TracebackType
@@ -135,6 +135,7 @@ class Fleet:
         stop_grace: float = 15.0,
         python: str = sys.executable,
         cwd: Path = REPO,
+        on_ready: Callable[[Child], None] | None = None,
     ) -> None:
         """
         ``services``: names from ``CATALOG`` or specs (tests run their own module).
@@ -142,6 +143,7 @@ class Fleet:
         ``env``: per-service extra variables, by service name (they win over the fleet's own).
         ``ports`` / ``metrics_ports``: per-service overrides; 0 picks a free port.
         ``log_dir``: each child's stdout and stderr go to ``<log_dir>/<name>.log``; None: inherited.
+        ``on_ready``: called as each service becomes SERVING (progress while models load).
         """
         specs = [CATALOG[s] if isinstance(s, str) else s for s in services]
         names = [s.name for s in specs]
@@ -171,6 +173,7 @@ class Fleet:
         self.stop_grace = stop_grace
         self.python = python
         self.cwd = cwd
+        self.on_ready = on_ready
         self.children: dict[str, Child] = {}
 
     # -- what callers use ---------------------------------------------------------------------
@@ -332,6 +335,8 @@ class Fleet:
                     if state == SERVING:
                         child.serving_after = time.monotonic() - child.started_at
                         waiting.remove(child)
+                        if self.on_ready is not None:
+                            self.on_ready(child)
                     else:
                         last[name] = "NOT_SERVING (loading)"
                 if not waiting:
@@ -358,6 +363,11 @@ def _parse_ports(items: Sequence[str]) -> dict[str, int]:
     return ports
 
 
+def announce(child: Child) -> None:
+    """Prints that a service is SERVING (progress while models load)."""
+    print(f"  {child.spec.name:<13} {child.target:<16} SERVING after {child.serving_after or 0:5.1f} s", flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.fleet", description=__doc__.split("\n\n")[0])
     parser.add_argument("services", nargs="*", metavar="SERVICE", help=f"any of {', '.join(ALL)} (default: all)")
@@ -378,6 +388,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ports=_parse_ports(args.port),
         log_dir=None if args.inherit_logs else args.log_dir,
         ready_timeout=args.timeout,
+        on_ready=announce,
     )
 
     def _terminate(signum: int, frame: FrameType | None) -> None:
@@ -388,8 +399,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"starting {', '.join(services)} ...", flush=True)
     try:
         with fleet:
-            for name, child in fleet.children.items():
-                print(f"  {name:<13} {child.target:<16} SERVING after {child.serving_after or 0:.1f} s", flush=True)
             print("fleet is up; Ctrl-C stops it", flush=True)
             signal.pause()
     except FleetError as exc:

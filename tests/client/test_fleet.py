@@ -65,13 +65,21 @@ def test_a_service_that_never_serves_times_out_and_is_stopped(tmp_path: Path) ->
 
 def test_dependents_start_after_their_dependencies_and_get_their_targets(tmp_path: Path) -> None:
     front = ServiceSpec("front", "tests.foundation.echo_service", "ECHO_", port=0, metrics_port=0, depends_on=("echo",))
-    fleet = Fleet([front, ECHO], env={"echo": {"ECHO_WARM_UP_SECONDS": "1.0"}}, log_dir=tmp_path, stop_grace=5)
+    ready: list[str] = []
+    fleet = Fleet(
+        [front, ECHO],
+        env={"echo": {"ECHO_WARM_UP_SECONDS": "1.0"}},
+        log_dir=tmp_path,
+        stop_grace=5,
+        on_ready=lambda child: ready.append(child.spec.name),
+    )
     with fleet:
         echo, dependent = fleet.children["echo"], fleet.children["front"]
         assert echo.serving_after is not None
         assert dependent.started_at >= echo.started_at + echo.serving_after
         assert fleet.environment(fleet.specs[0])["ECHO_ECHO__TARGET"] == fleet.target("echo")
         assert _serving(fleet.target("front"))
+        assert ready == ["echo", "front"]
     assert list(fleet.targets) == ["front", "echo"]
 
 

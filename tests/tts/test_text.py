@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
+import re
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from services.tts.text import IncrementalSplitter, SplitPolicy, normalize, segments, split_long, split_sentences
 
@@ -203,3 +208,29 @@ def test_incremental_cut_at_a_space_when_no_mark_comes() -> None:
 def test_other_languages_keep_digits_for_the_engine() -> None:
     # no German reading rules: digits stay for espeak-ng to read in German, not "three"
     assert normalize("Ich habe **3** Äpfel 🍎 für 2,50 €", "de").text == "Ich habe 3 Äpfel für 2,50 €"
+
+
+_ANSWERS = st.text(alphabet=st.sampled_from(list("abcdef XYZ,.;:!?\n-*#`0123456789€%éà")), min_size=0, max_size=400)
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=_ANSWERS, cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=30))
+def test_incremental_cuts_lose_and_reorder_nothing(text: str, cuts: list[int]) -> None:
+    splitter = IncrementalSplitter("en", POLICY)
+    bounds = sorted({0, len(text), *[c for c in cuts if c <= len(text)]})
+    pieces: list[str] = []
+    for a, b in itertools.pairwise(bounds):
+        pieces += splitter.feed(text[a:b])
+    pieces.append(splitter.flush())
+    # whitespace-only pieces are not spoken; every other character comes out once, in order
+    assert re.sub(r"\s", "", "".join(pieces)) == re.sub(r"\s", "", text)
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(max_size=300), language=st.sampled_from(["en", "fr", "de", "ru"]))
+def test_normalize_accepts_any_text(text: str, language: str) -> None:
+    cleaned = normalize(text, language)
+    assert not any(ch in cleaned.text for ch in "\x00\x07\x1b\u200b\u202e")
+    assert "\n" not in cleaned.text
+    for piece in segments(cleaned.text, language, POLICY):
+        assert piece.strip() and len(piece) <= POLICY.max_chars

@@ -9,6 +9,7 @@ import grpc
 from parole.llm.v1 import llm_pb2, llm_pb2_grpc
 from services.llm.backends.base import Backend
 from services.llm.backends.canned import CannedBackend
+from services.llm.backends.llamacpp import LlamaCppBackend
 from services.llm.config import LlmSettings
 from services.llm.engine import Engine
 from services.llm.service import LlmService
@@ -30,11 +31,9 @@ def build_backend(name: str, settings: LlmSettings) -> Backend:
 
         o = settings.ollama
         return OllamaBackend(
-            o.host, o.model, keep_alive=o.keep_alive, timeout_seconds=settings.timeout_seconds, warm_up=o.warm_up
+            o.host, o.model, keep_alive=o.keep_alive, timeout_seconds=settings.timeout_for("ollama"), warm_up=o.warm_up
         )
     if name == "llamacpp":
-        from services.llm.backends.llamacpp import LlamaCppBackend
-
         lc = settings.llamacpp
         placement = resolve_placement(settings.device)
         return LlamaCppBackend(
@@ -62,7 +61,8 @@ class LlmApp:
         self.engine = Engine(
             chain,
             Breakers("llm", threshold=settings.breaker_threshold, ttl_seconds=settings.breaker_ttl_seconds),
-            settings.timeout_seconds,
+            {b.name: settings.timeout_for(b.name) for b in chain},
+            default_timeout=settings.timeout_seconds,
         )
         s = settings.sessions
         self.sessions = SessionStore(
@@ -81,6 +81,10 @@ class LlmApp:
 
     async def warm_up(self) -> None:
         await self.engine.load()
+        prompt = self.settings.system_prompts[self.settings.default_language]
+        for backend in self.engine.backends:
+            if isinstance(backend, LlamaCppBackend):
+                await backend.prime(prompt)
 
     async def close(self) -> None:
         await self.engine.close()

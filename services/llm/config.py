@@ -41,6 +41,8 @@ class OllamaSettings(BaseModel):
     """Model served by Ollama (the original product's)."""
     keep_alive: str = "30m"
     """How long Ollama keeps the model loaded after a call, so the next turn starts warm."""
+    timeout_seconds: float | None = Field(default=None, gt=0)
+    """Overrides ``timeout_seconds`` for Ollama (None: the service-wide one)."""
     warm_up: bool = True
     """Ask Ollama to load the model at start-up (best effort: a down Ollama does not block)."""
 
@@ -58,6 +60,9 @@ class LlamaCppSettings(BaseModel):
     """Prompt tokens decoded per batch; llama-cpp-python also sizes a logits buffer by it."""
     threads: int = Field(default=0, ge=0)
     """CPU threads; 0 takes ``device.threads``, else 2 (set it: the library default is all cores)."""
+    timeout_seconds: float | None = Field(default=None, gt=0)
+    """Overrides ``timeout_seconds`` for the embedded model. On a shared CPU its first token
+    can be slow for reasons a fallback would not fix; None: the service-wide one."""
     max_waiting: int = Field(default=4, ge=0)
     """Requests allowed to wait while the model serves another; more get RESOURCE_EXHAUSTED."""
     session_snapshots: int = Field(default=4, ge=0)
@@ -112,6 +117,11 @@ class LlmSettings(ServiceSettings):
     """Consecutive failures that open a backend's circuit breaker."""
     breaker_ttl_seconds: float = Field(default=30.0, gt=0)
     """How long an open breaker skips its backend before probing it again."""
+
+    def timeout_for(self, backend: str) -> float:
+        """The first-token and between-token timeout of a backend."""
+        override = {"ollama": self.ollama.timeout_seconds, "llamacpp": self.llamacpp.timeout_seconds}.get(backend)
+        return override or self.timeout_seconds
 
     @model_validator(mode="after")
     def _check(self) -> LlmSettings:

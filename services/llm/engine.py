@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from services.llm import metrics
@@ -43,14 +43,22 @@ class Summary:
 
 
 class Engine:
-    """Backends in fallback order, a breaker each, and the per-token timeout."""
+    """Backends in fallback order, a breaker each, and each one's per-token timeout."""
 
-    def __init__(self, backends: Sequence[Backend], breakers: Breakers, timeout_seconds: float) -> None:
+    def __init__(
+        self,
+        backends: Sequence[Backend],
+        breakers: Breakers,
+        timeouts: Mapping[str, float] | None = None,
+        *,
+        default_timeout: float = 30.0,
+    ) -> None:
         if not backends:
             raise ValueError("the engine needs at least one backend")
         self.backends = list(backends)
         self.breakers = breakers
-        self.timeout_seconds = timeout_seconds
+        self.timeouts = dict(timeouts or {})
+        self.default_timeout = default_timeout
 
     def backend(self, name: str) -> Backend | None:
         return next((b for b in self.backends if b.name == name), None)
@@ -91,11 +99,11 @@ class Engine:
             attempt = _Attempt(backend, started)
             try:
                 if backend.name in UNGUARDED:
-                    async for delta in attempt.run(messages, params, self._timeout(deadline)):
+                    async for delta in attempt.run(messages, params, self._timeout(backend.name, deadline)):
                         yield delta
                 else:
                     async with await self.breakers.guard(backend.name):
-                        async for delta in attempt.run(messages, params, self._timeout(deadline)):
+                        async for delta in attempt.run(messages, params, self._timeout(backend.name, deadline)):
                             yield delta
             except BreakerOpen:
                 reason = "breaker open"
@@ -126,13 +134,14 @@ class Engine:
             log.warning("backend skipped", backend=backend.name, reason=reason)
         raise Unavailable("every backend failed: " + "; ".join(fallbacks))
 
-    def _timeout(self, deadline: float | None) -> float:
+    def _timeout(self, backend: str, deadline: float | None) -> float:
+        mine = self.timeouts.get(backend, self.default_timeout)
         if deadline is None:
-            return self.timeout_seconds
+            return mine
         left = deadline - time.perf_counter()
         if left <= 0:
             raise DeadlineExceeded("the call's deadline passed before any backend answered")
-        return min(self.timeout_seconds, left)
+        return min(mine, left)
 
 
 class _Attempt:

@@ -19,7 +19,7 @@ from cachetools import TTLCache
 from services.llm.backends.base import ChatMessage
 from services.runtime.errors import InvalidArgument, NotFound
 
-SESSION_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
+SESSION_ID = re.compile(r"[A-Za-z0-9_.\-]{1,128}")  # used with fullmatch: "$" would accept a trailing newline
 
 TokenCounter = Callable[[str], int]
 
@@ -31,7 +31,7 @@ def rough_tokens(text: str) -> int:
 
 def check_session_id(session_id: str, field_name: str = "session_id") -> str:
     """The id, or INVALID_ARGUMENT saying what an id may contain."""
-    if not SESSION_ID.match(session_id):
+    if not SESSION_ID.fullmatch(session_id):
         raise InvalidArgument(
             "session_id must be 1 to 128 letters, digits, '-', '_' or '.'",
             fields={field_name: "letters, digits, '-', '_' or '.', 1 to 128 characters"},

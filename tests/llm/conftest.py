@@ -25,7 +25,13 @@ QWEN = "qwen2.5-coder-1.5b-instruct-q4_k_m"
 
 
 def make_settings(**overrides: Any) -> LlmSettings:
-    """Settings for a test server on a free loopback port, no metrics port."""
+    """Settings for a test server on a free loopback port, no metrics port.
+
+    The embedded model gets a generous timeout: the 2 cores are shared with other services'
+    tests, which can make its first token slow, and no test here is about its slowness (the
+    timeout tests use Ollama's, set through ``timeout_seconds``).
+    """
+    overrides.setdefault("llamacpp", {"timeout_seconds": 120})
     return LlmSettings(server=ServerSettings(host="127.0.0.1", port=0, metrics_port=None), **overrides)
 
 

@@ -20,7 +20,7 @@ OPTS = {"max_tokens": 8, "temperature": 0.0, "language": "en"}
 
 def ollama_for(url: str, settings: LlmSettings) -> OllamaBackend:
     o = settings.ollama
-    return OllamaBackend(url, o.model, keep_alive=o.keep_alive, timeout_seconds=settings.timeout_seconds)
+    return OllamaBackend(url, o.model, keep_alive=o.keep_alive, timeout_seconds=settings.timeout_for("ollama"))
 
 
 def closed_port() -> int:

@@ -97,7 +97,7 @@ async def test_cancel_mid_stream_stops_generation(served: Served, smol: LlamaCpp
         if received == 3:
             call.cancel()
             break
-    assert await wait_idle(smol, within=2.0) < 2.0
+    assert await wait_idle(smol, within=10.0) < 10.0
     assert smol.last_run is not None
     assert smol.last_run.cancelled, "the thread saw the stop flag (it did not finish on its own)"
     assert smol.last_run.completion_tokens < 200
@@ -123,7 +123,7 @@ async def test_full_queue_is_resource_exhausted(served: Served, smol: LlamaCppBa
         smol.max_waiting = 4
         running.cancel()
         waiting.cancel()
-    await wait_idle(smol, within=3.0)
+    await wait_idle(smol, within=10.0)
     answer = await ask(served.stub, "Hi", session_id="q3", options={"max_tokens": 4})
     assert answer.summary.backend == "llamacpp"
 

@@ -31,7 +31,7 @@ def test_session_id_rule(candidate: str) -> None:
     else:
         with pytest.raises(InvalidArgument):
             check_session_id(candidate)
-    assert bool(SESSION_ID.match(candidate)) == ok
+    assert bool(SESSION_ID.fullmatch(candidate)) == ok
 
 
 def test_window_in_turns() -> None:

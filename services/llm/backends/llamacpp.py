@@ -176,6 +176,13 @@ class LlamaCppBackend:
                 )
             del msgs[first]
 
+    async def prime(self, system_prompt: str) -> None:
+        """Reads the default system prompt into the cache, so the first turn after start-up
+        only reads its own tokens (every conversation shares that prefix)."""
+        messages = [ChatMessage("system", system_prompt), ChatMessage("user", ".")]
+        async for _ in self.stream(messages, GenerationParams(1, 0.0, "en")):
+            pass
+
     async def reset_cache(self) -> None:
         """Forgets every cached prompt (benchmarks: a cold start without reloading)."""
         async with self._lock:

@@ -1,0 +1,157 @@
+"""LLM benchmark: time to first token and tokens/s of the offline models, cold and warm.
+
+``python -m bench.llm`` → ``reports/bench_llm.json``. For each model and each question:
+
+- cold first turn: an empty cache, system prompt and question read in full;
+- warm second turn: the follow-up in the same conversation, reading only its new tokens;
+- cold second turn: the very same follow-up prompt after emptying the cache (what the warm
+  turn would cost without prefix reuse).
+
+Generation is greedy and capped, so runs compare; tokens/s is counted after the first token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from services.llm.backends.base import ChatMessage, Delta, Finish, GenerationParams
+from services.llm.backends.llamacpp import LlamaCppBackend
+from services.llm.config import DEFAULT_SYSTEM_PROMPTS
+from services.models.store import ModelStore
+from services.runtime.config import default_model_dir
+
+MODELS = ["smollm2-135m-instruct-q4_1", "qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct-q4_k_m"]
+QUESTIONS = [
+    ("en", "What is the capital of France?", "And how many people live there?"),
+    ("fr", "Quelle est la capitale de l'Italie ?", "Et quel fleuve la traverse ?"),
+    ("en", "Who wrote Romeo and Juliet?", "When did he live?"),
+    ("fr", "Combien de jours y a-t-il dans une année ?", "Et dans une année bissextile ?"),
+    ("en", "What is the boiling point of water?", "And at the top of Everest?"),
+]
+
+
+@dataclass
+class Run:
+    ttft: float
+    tokens_per_second: float
+    prompt_tokens: int
+    prompt_tokens_evaluated: int
+    text: str
+
+
+async def generate(backend: LlamaCppBackend, messages: list[ChatMessage], language: str, max_tokens: int) -> Run:
+    started = time.perf_counter()
+    first: float | None = None
+    parts: list[str] = []
+    finish: Finish | None = None
+    async for item in backend.stream(messages, GenerationParams(max_tokens, 0.0, language, "bench")):
+        if isinstance(item, Delta):
+            first = first or time.perf_counter()
+            parts.append(item.text)
+        else:
+            finish = item
+    end = time.perf_counter()
+    assert first is not None and finish is not None
+    tps = (finish.completion_tokens - 1) / (end - first) if finish.completion_tokens > 1 else 0.0
+    return Run(first - started, tps, finish.prompt_tokens, finish.prompt_tokens_evaluated, "".join(parts))
+
+
+def stats(runs: list[Run]) -> dict[str, Any]:
+    ttfts = sorted(r.ttft for r in runs)
+    p95 = statistics.quantiles(ttfts, n=20, method="inclusive")[18] if len(ttfts) > 1 else ttfts[0]
+    return {
+        "runs": len(runs),
+        "ttft_p50_seconds": round(statistics.median(ttfts), 4),
+        "ttft_p95_seconds": round(p95, 4),
+        "tokens_per_second_p50": round(statistics.median(r.tokens_per_second for r in runs), 2),
+        "prompt_tokens_p50": statistics.median(r.prompt_tokens for r in runs),
+        "prompt_tokens_evaluated_p50": statistics.median(r.prompt_tokens_evaluated for r in runs),
+    }
+
+
+async def bench_model(store: ModelStore, name: str, runs: int, threads: int, max_tokens: int) -> dict[str, Any]:
+    loaded_at = time.perf_counter()
+    backend = LlamaCppBackend(store.gguf(name), name, n_ctx=2048, n_threads=threads)
+    await backend.load()
+    load_seconds = time.perf_counter() - loaded_at
+    cold_first: list[Run] = []
+    warm_second: list[Run] = []
+    cold_second: list[Run] = []
+    samples: list[str] = []
+    try:
+        # One untimed answer first: the first decode after loading pays for page faults and
+        # buffer allocation that no later turn sees.
+        await generate(backend, [ChatMessage("user", "Hello")], "en", 4)
+        for i in range(runs):
+            language, question, follow_up = QUESTIONS[i % len(QUESTIONS)]
+            turn1 = [ChatMessage("system", DEFAULT_SYSTEM_PROMPTS[language]), ChatMessage("user", question)]
+            await backend.reset_cache()
+            one = await generate(backend, turn1, language, max_tokens)
+            turn2 = [*turn1, ChatMessage("assistant", one.text), ChatMessage("user", follow_up)]
+            two = await generate(backend, turn2, language, max_tokens)
+            await backend.reset_cache()
+            cold = await generate(backend, turn2, language, max_tokens)
+            cold_first.append(one)
+            warm_second.append(two)
+            cold_second.append(cold)
+            samples.append(f"{question} → {one.text.strip()}")
+    finally:
+        await backend.close()
+    return {
+        "load_seconds": round(load_seconds, 2),
+        "cold_first_turn": stats(cold_first),
+        "warm_second_turn": stats(warm_second),
+        "cold_second_turn": stats(cold_second),
+        "sample_answers": samples[:2],
+    }
+
+
+async def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m bench.llm", description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=MODELS)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--out", type=Path, default=Path("reports/bench_llm.json"))
+    args = parser.parse_args(argv)
+    store = ModelStore(default_model_dir())
+    report: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "host": {
+            "cpus": os.cpu_count(),
+            "machine": platform.machine(),
+            "python": platform.python_version(),
+            # The cores are shared with other work: the load says how quiet the host was.
+            "load_average_1m_at_start": round(os.getloadavg()[0], 2),
+        },
+        "settings": {"threads": args.threads, "max_tokens": args.max_tokens, "temperature": 0.0, "runs": args.runs},
+        "models": {},
+    }
+    for name in args.models:
+        print(f"benchmarking {name} ({args.runs} runs)…", flush=True)
+        report["models"][name] = await bench_model(store, name, args.runs, args.threads, args.max_tokens)
+        m = report["models"][name]
+        print(
+            f"  ttft p50 cold first {m['cold_first_turn']['ttft_p50_seconds']} s, warm second "
+            f"{m['warm_second_turn']['ttft_p50_seconds']} s, cold second {m['cold_second_turn']['ttft_p50_seconds']} s; "
+            f"{m['warm_second_turn']['tokens_per_second_p50']} tok/s",
+            flush=True,
+        )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    print(f"wrote {args.out}")
+    return report
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

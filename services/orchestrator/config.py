@@ -46,8 +46,10 @@ class OrchestratorSettings(ServiceSettings):
     tts: ChannelSettings = ChannelSettings(target="127.0.0.1:50053")
     """Text-to-speech service."""
     defaults: ConversationDefaults = ConversationDefaults()
-    llm_timeout_seconds: float = Field(default=30.0, gt=0)
-    """Whole-answer deadline for the language model (the original's 30 s)."""
+    llm_timeout_seconds: float = Field(default=60.0, gt=0)
+    """Whole-answer deadline for the language model. The LLM service itself gives up on a
+    backend after 30 s without a token (the original's timeout) and falls back; this bounds
+    the whole streamed answer on a loaded CPU host."""
     tts_timeout_seconds: float = Field(default=60.0, gt=0)
     """Deadline for speaking one answer."""
     dependency_wait_seconds: float = Field(default=300.0, ge=0)

@@ -272,7 +272,9 @@ class Conversation:
             pb.ConverseResponse(turn_id=turn_id, session_seconds=time.monotonic() - self.started, **event)
         )
 
-    def stage_error(self, stage: pb.Stage.ValueType, message: str, *, degraded: bool, code: str, turn: Turn | None = None) -> None:
+    def stage_error(
+        self, stage: pb.Stage.ValueType, message: str, *, degraded: bool, code: str, turn: Turn | None = None
+    ) -> None:
         STAGE_ERRORS.labels(STAGE_NAMES[stage], str(degraded).lower()).inc()
         if turn is not None and degraded:
             turn.degraded.add(stage)
@@ -377,9 +379,12 @@ class Conversation:
         now = time.monotonic()
         self._submit(text, start=now, final_at=now)
 
-    def _submit(self, text: str, *, start: float, final_at: float) -> None:
+    def _submit(self, text: str, *, start: float, final_at: float) -> str:
+        """Queues a turn; returns its id."""
         self._turn_counter += 1
-        self.turns.put_nowait(Turn(f"{self.s.session_id}-{self._turn_counter}", text, start, final_at))
+        turn = Turn(f"{self.s.session_id}-{self._turn_counter}", text, start, final_at)
+        self.turns.put_nowait(turn)
+        return turn.turn_id
 
     def _interrupt(self, reason: str) -> None:
         """Barge-in or interrupt: cancel the answer in progress and tell the client to stop."""
@@ -452,15 +457,17 @@ class Conversation:
             r = resp.result
             if not r.is_final and not self.s.interim_results:
                 return
-            self.emit(
-                transcript=pb.Transcript(
-                    text=r.transcript, is_final=r.is_final, language=r.language, confidence=r.confidence
-                )
-            )
-            if r.is_final and r.transcript.strip():
+            turn_id = ""
+            if r.is_final and r.transcript.strip():  # a final with words starts a turn
                 now = time.monotonic()
                 spoke_until = self.clock.wall_at(r.end_seconds) or now
-                self._submit(r.transcript.strip(), start=min(spoke_until, now), final_at=now)
+                turn_id = self._submit(r.transcript.strip(), start=min(spoke_until, now), final_at=now)
+            self.emit(
+                turn_id,
+                transcript=pb.Transcript(
+                    text=r.transcript, is_final=r.is_final, language=r.language, confidence=r.confidence
+                ),
+            )
 
     # ------------------------------------------------------------------ turns
     async def _answer_turns(self) -> None:
@@ -468,8 +475,11 @@ class Conversation:
         while (turn := await self.turns.get()) is not None:
             self.current_turn = turn
             self.current = asyncio.create_task(self._run_turn(turn), name=f"turn-{turn.turn_id}")
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.current
+            # wait() (unlike await) does not raise the turn's own cancellation (a barge-in),
+            # while a cancellation of this loop (the session ending) still propagates.
+            await asyncio.wait({self.current})
+            if not self.current.cancelled() and self.current.exception() is not None:
+                raise self.current.exception()  # type: ignore[misc]
             if self.current.cancelled():
                 self._finish_turn(turn, interrupted=True)
             self.current, self.current_turn = None, None
@@ -579,8 +589,8 @@ class Conversation:
                         turn=turn,
                     )
         except grpc.aio.AioRpcError as err:
-            while await text_q.get() is not None:  # let the LLM side finish into the void
-                pass
+            # The LLM side keeps streaming text to the client; its queue is unbounded, so
+            # nobody needs to drain it.
             self.stage_error(
                 pb.STAGE_TTS,
                 f"speech synthesis failed ({err.details()}); the answer was sent as text only",

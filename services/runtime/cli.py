@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +13,7 @@ from services.models.store import ModelError
 from services.runtime.config import ConfigError, ServiceSettings, load_settings
 from services.runtime.device import DeviceError
 from services.runtime.logging import configure_logging, get_logger
-from services.runtime.server import ServiceApp, run
+from services.runtime.server import ServiceApp, serve
 
 S = TypeVar("S", bound=ServiceSettings)
 
@@ -42,9 +43,15 @@ def service_main(
         return EXIT_CONFIG
     configure_logging(settings.log, name)
     log = get_logger(name)
-    try:
+
+    async def main() -> None:
+        # The app is built inside the running loop: grpc.aio channels and other asyncio
+        # objects an app creates bind to the loop that exists when they are made.
         app = build(settings)
-        run(name, settings, app.register, app.warm_up, app.close)
+        await serve(name, settings, app.register, app.warm_up, app.close)
+
+    try:
+        asyncio.run(main())
     except DeviceError as exc:
         log.error("device check failed", error=str(exc))
         print(f"{name}: device check failed: {exc}", file=sys.stderr)

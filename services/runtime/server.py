@@ -28,7 +28,7 @@ from services.runtime.interceptors import (
     MetricsInterceptor,
     ReadinessInterceptor,
 )
-from services.runtime.logging import configure_logging, get_logger
+from services.runtime.logging import get_logger
 
 log = get_logger(__name__)
 
@@ -163,18 +163,6 @@ async def serve(
     if on_stop is not None:
         await on_stop()
     log.info("stopped")
-
-
-def run(
-    name: str,
-    settings: ServiceSettings,
-    register: Register,
-    warm_up: Callable[[], Awaitable[None]],
-    on_stop: Callable[[], Awaitable[None]] | None = None,
-) -> None:
-    """Entry point helper for ``python -m services.<name>``."""
-    configure_logging(settings.log, name)
-    asyncio.run(serve(name, settings, register, warm_up, on_stop))
 
 
 class ServiceApp(Protocol):

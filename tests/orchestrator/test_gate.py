@@ -81,7 +81,10 @@ def test_session_defaults() -> None:
         (cfg(session_id="../etc"), "config.session_id"),
         (cfg(language="french"), "config.language"),
         (cfg(input_format=audio_pb2.AudioFormat(sample_rate_hz=11025)), "config.input_format.sample_rate_hz"),
-        (cfg(input_format=audio_pb2.AudioFormat(encoding=audio_pb2.AUDIO_ENCODING_WAV)), "config.input_format.encoding"),
+        (
+            cfg(input_format=audio_pb2.AudioFormat(encoding=audio_pb2.AUDIO_ENCODING_WAV)),
+            "config.input_format.encoding",
+        ),
         (cfg(input_format=audio_pb2.AudioFormat(channels=2)), "config.input_format.channels"),
         (cfg(output_sample_rate_hz=4000), "config.output_sample_rate_hz"),
         (cfg(end_of_speech_silence_ms=50), "config.end_of_speech_silence_ms"),

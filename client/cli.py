@@ -114,8 +114,8 @@ async def converse(
         async with conv:
             outcome.session = await _session_info(conv, target.target, mode)
             print(
-                f"session {outcome.session['session_id']} · language {outcome.session['language']} · "
-                f"voice {outcome.session['voice']}",
+                f"session {outcome.session['session_id']} · language {outcome.session['language'] or 'default'} · "
+                f"voice {outcome.session['voice'] or 'default'}",
                 file=out,
                 flush=True,
             )

@@ -69,7 +69,7 @@ class StreamingSettings(BaseModel):
     """New speech between two interim decodes. Interims only run when a decode worker is idle,
     so on a busy CPU they thin out instead of delaying finals."""
     max_utterance_seconds: float = Field(default=30.0, gt=1, le=120)
-    """An utterance is cut (a final is sent, recognition goes on) when it reaches this length.
+    """An utterance is cut at its quietest moment in its second half when it reaches this length (a final is sent, recognition goes on).
     30 s is Whisper's window: longer would need the slower sliding decode."""
 
     @model_validator(mode="after")
@@ -79,17 +79,22 @@ class StreamingSettings(BaseModel):
         return self
 
 
+class SttServerSettings(ServerSettings):
+    """The server section with the STT service's own defaults. A subclass, not a default
+    instance: ``STT_SERVER__PORT`` alone must not reset the other fields to the base defaults."""
+
+    port: int = Field(default=50051, ge=0, le=65535)
+    metrics_port: int | None = Field(default=9091, ge=0, le=65535)
+    max_receive_message_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
+    """Unary recognition takes whole files: 32 MiB is about 17 minutes of 16 kHz PCM."""
+
+
 class SttSettings(ServiceSettings):
     """Settings of the speech-to-text service (env prefix ``STT_``)."""
 
     model_config = SettingsConfigDict(**{**ServiceSettings.model_config, "env_prefix": "STT_"})
 
-    server: ServerSettings = ServerSettings(
-        port=50051,
-        metrics_port=9091,
-        # Unary recognition takes whole files: 32 MiB is about 17 minutes of 16 kHz PCM.
-        max_receive_message_bytes=32 * 1024 * 1024,
-    )
+    server: SttServerSettings = SttServerSettings()
     engines: list[EngineSettings] = Field(default_factory=lambda: [EngineSettings(name="base")])
     """The fallback chain, first tried first. Every engine is loaded at start-up."""
     streaming: StreamingSettings = StreamingSettings()

@@ -175,6 +175,9 @@ class WhisperEngine:
             without_timestamps=interim and not options.word_timestamps,
             word_timestamps=options.word_timestamps and not interim,
             vad_filter=options.vad_filter,
+            # Nobody says more than ~6 tokens a second; a cap well above that stops a
+            # hallucination loop (counting, repeated phrases) from decoding up to 448 tokens.
+            max_new_tokens=min(440, int(16 + 12 * min(30.0, audio.size / SPEECH_RATE))),
             vad_parameters={"min_silence_duration_ms": 500, "speech_pad_ms": 200} if options.vad_filter else None,
         )
         # The generator decodes lazily: consuming it here keeps the work on this thread.

@@ -106,6 +106,7 @@ class Endpointer:
         self._pre: deque[FloatAudio] = deque(maxlen=max(1, self.pre_roll_windows))
         self._candidate: list[FloatAudio] = []
         self._utt: list[FloatAudio] | None = None
+        self._probs: list[float] = []  # VAD probability of each window of the utterance
         self._utt_start = 0
         self._voiced_windows = 0  # windows up to and including the last voiced one
         self._silence = 0  # silent windows since the last voiced one
@@ -155,6 +156,7 @@ class Endpointer:
         if self._utt is None:
             return self._idle(w, prob)
         self._utt.append(w)
+        self._probs.append(prob)
         events: list[EndpointEvent] = []
         voiced = prob >= self.threshold or (prob >= self.neg_threshold and self._silence == 0)
         if voiced:
@@ -173,8 +175,24 @@ class Endpointer:
                 events.append(self._end("silence"))
                 return events
         if len(self._utt) >= self.max_windows:
-            events.append(self._end("max_length", keep_all=True))
+            events += self._cut()
         return events
+
+    def _cut(self) -> list[EndpointEvent]:
+        """The utterance reached the cap: end it at its quietest window in the second half
+        (a breath between words, so no word is split) and go on with the rest as a new one."""
+        assert self._utt is not None
+        half = len(self._probs) // 2
+        quietest = half + min(range(len(self._probs) - half), key=lambda i: self._probs[half + i])
+        rest, rest_probs = self._utt[quietest + 1 :], self._probs[quietest + 1 :]
+        del self._utt[quietest + 1 :]
+        self._voiced_windows = len(self._utt)
+        ended = self._end("max_length", keep_all=True)
+        self._utt, self._probs = rest, rest_probs
+        self._utt_start = ended.end_sample
+        self._voiced_windows = len(rest)
+        self._pre.clear()
+        return [ended, SpeechStarted(self.utterances, ended.end_sample)]
 
     def _idle(self, w: FloatAudio, prob: float) -> list[EndpointEvent]:
         if prob >= self.threshold:
@@ -183,6 +201,7 @@ class Endpointer:
                 first = self._samples - len(self._candidate) * WINDOW
                 pre = list(self._pre)
                 self._utt = [*pre, *self._candidate]
+                self._probs = [0.0] * len(pre) + [self.threshold] * len(self._candidate)
                 self._utt_start = first - len(pre) * WINDOW
                 self._voiced_windows = len(self._utt)
                 self._silence = 0
@@ -215,6 +234,7 @@ class Endpointer:
             self._pre.append(w)
         event = SpeechEnded(self.utterances, audio, start, end, self._samples, reason)
         self._utt = None
+        self._probs = []
         self._silence = 0
         self._paused = False
         self.utterances += 1

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 import shutil
 import subprocess
 import unicodedata
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import pytest
@@ -65,7 +68,7 @@ class Served:
     app: SttApp
     running: RunningServer
     channel: grpc.aio.Channel
-    stub: stt_pb2_grpc.SttServiceStub
+    stub: stt_pb2_grpc.SttServiceAsyncStub
 
     @property
     def target(self) -> str:
@@ -140,18 +143,25 @@ def stream_requests(
 
 
 async def collect(
-    stub: stt_pb2_grpc.SttServiceStub, requests: list[stt_pb2.StreamingRecognizeRequest]
+    stub: stt_pb2_grpc.SttServiceAsyncStub, requests: list[stt_pb2.StreamingRecognizeRequest]
 ) -> list[stt_pb2.StreamingRecognizeResponse]:
-    async def gen() -> AsyncIterator[stt_pb2.StreamingRecognizeRequest]:
-        for r in requests:
-            yield r
+    """Sends the requests and reads every response; a failed call raises its AioRpcError.
 
-    return [r async for r in stub.StreamingRecognize(gen())]
+    Writes go through ``call.write``: when the server ends the call early (bad input), a
+    later write fails, and reading then gives the server's real status. An iterator of
+    requests would instead surface the client's failed send as INTERNAL.
+    """
+    call: Any = stub.StreamingRecognize()
+    with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+        for r in requests:
+            await call.write(r)
+        await call.done_writing()
+    return [r async for r in call]
 
 
 async def assert_serving(served: Served, short_phrase: Pcm) -> None:
     """The service still answers: health SERVING and a real recognition succeeds."""
-    health = health_pb2_grpc.HealthStub(served.channel)
+    health: Any = health_pb2_grpc.HealthStub(served.channel)
     reply = await health.Check(health_pb2.HealthCheckRequest(service="parole.stt.v1.SttService"))
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
     result = await served.stub.Recognize(

@@ -114,7 +114,13 @@ async def run(rounds: int, threads: int) -> dict[str, Any]:
     server = ServerSettings(host="127.0.0.1", port=0, metrics_port=None)
     results: dict[str, Any] = {
         "benchmark": "tts",
-        "host": {"cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version()},
+        "host": {
+            "cpus": os.cpu_count(),
+            "machine": platform.machine(),
+            "python": platform.python_version(),
+            # the CPU is shared: a high load average means inflated latencies
+            "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        },
         "settings": {"rounds": rounds, "onnx_threads": threads, "transport": "gRPC loopback, one call at a time"},
     }
     for cache_bytes in (0, 16 * 1024 * 1024):

@@ -20,11 +20,10 @@ from parole.audio.v1 import audio_pb2
 from parole.stt.v1 import stt_pb2, stt_pb2_grpc
 from services.models.store import ModelStore
 from services.runtime.audio import Pcm, chunks, read_wav_bytes, resample_pcm16, silence
-from services.runtime.config import ServerSettings
 from services.runtime.device import Placement
 from services.runtime.server import RunningServer, start_app
 from services.stt.app import SttApp, build_engine
-from services.stt.config import EngineSettings, SttSettings
+from services.stt.config import EngineSettings, SttServerSettings, SttSettings
 from services.stt.engine import Engine, WhisperEngine
 from tests.speech import espeak, piper_joe
 
@@ -52,7 +51,7 @@ def word_error_rate(reference: str, hypothesis: str) -> float:
 
 def loopback_settings(**overrides: object) -> SttSettings:
     """Settings for loopback servers: a free port, no metrics endpoint."""
-    base = {"server": ServerSettings(host="127.0.0.1", port=0, metrics_port=None)}
+    base = {"server": SttServerSettings(host="127.0.0.1", port=0, metrics_port=None)}
     return SttSettings(**{**base, **overrides})  # type: ignore[arg-type]
 
 

@@ -8,6 +8,9 @@
   turn would cost without prefix reuse).
 
 Generation is greedy and capped, so runs compare; tokens/s is counted after the first token.
+Each thread count asked for is measured separately: on a host whose cores are busy with other
+work, llama.cpp's threads wait for each other at every step, and 2 threads can be many times
+slower than 1 (the report records the load average next to the numbers).
 """
 
 from __future__ import annotations
@@ -120,7 +123,7 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m bench.llm", description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=MODELS)
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, nargs="+", default=[2])
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--out", type=Path, default=Path("reports/bench_llm.json"))
     args = parser.parse_args(argv)
@@ -138,15 +141,19 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
         "models": {},
     }
     for name in args.models:
-        print(f"benchmarking {name} ({args.runs} runs)…", flush=True)
-        report["models"][name] = await bench_model(store, name, args.runs, args.threads, args.max_tokens)
-        m = report["models"][name]
-        print(
-            f"  ttft p50 cold first {m['cold_first_turn']['ttft_p50_seconds']} s, warm second "
-            f"{m['warm_second_turn']['ttft_p50_seconds']} s, cold second {m['cold_second_turn']['ttft_p50_seconds']} s; "
-            f"{m['warm_second_turn']['tokens_per_second_p50']} tok/s",
-            flush=True,
-        )
+        report["models"][name] = {}
+        for threads in args.threads:
+            print(f"benchmarking {name}, {threads} thread(s), {args.runs} runs…", flush=True)
+            load = round(os.getloadavg()[0], 2)
+            m = await bench_model(store, name, args.runs, threads, args.max_tokens)
+            m["load_average_1m_before"] = load
+            report["models"][name][f"threads_{threads}"] = m
+            print(
+                f"  ttft p50 cold first {m['cold_first_turn']['ttft_p50_seconds']} s, warm second "
+                f"{m['warm_second_turn']['ttft_p50_seconds']} s, cold second {m['cold_second_turn']['ttft_p50_seconds']} s; "
+                f"{m['warm_second_turn']['tokens_per_second_p50']} tok/s",
+                flush=True,
+            )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     print(f"wrote {args.out}")

@@ -160,6 +160,8 @@ class _Attempt:
         self, messages: Sequence[ChatMessage], params: GenerationParams, first_timeout: float
     ) -> AsyncIterator[Delta]:
         stream = self.backend.stream(messages, params)
+        # The same bound for the first token and for each later one: a backend that stalls
+        # mid-answer is as broken as one that never starts.
         timeout = first_timeout
         try:
             while True:
@@ -181,8 +183,6 @@ class _Attempt:
                 if self.first_at is None:
                     self.first_at = time.perf_counter()
                     metrics.TTFT.labels(self.backend.name).observe(self.first_at - self.started)
-                    # Later tokens get the backend's full timeout, not what the first one left.
-                    timeout = max(timeout, first_timeout)
                 self.parts.append(item.text)
                 self.chars_sent += len(item.text)
                 yield item

@@ -13,6 +13,7 @@ from parole.llm.v1 import llm_pb2
 from services.llm.backends.base import ChatMessage, Delta, Finish, GenerationParams
 from services.llm.backends.canned import CannedBackend
 from services.llm.backends.llamacpp import LlamaCppBackend
+from services.runtime.errors import InvalidArgument
 from tests.llm.conftest import Served, ask, make_settings, serve
 
 LONG = "Count from 1 to 1000, separated by commas."
@@ -135,3 +136,27 @@ async def test_concurrent_sessions_are_serialised(served: Served) -> None:
     for a in answers:
         assert a.summary.backend == "llamacpp"
         assert a.summary.completion_tokens > 0
+
+
+async def test_context_overflow_drops_oldest_exchanges(smol: LlamaCppBackend) -> None:
+    system = ChatMessage("system", "You are brief.")
+    filler = "The quick brown fox jumps over the lazy dog. " * 40  # ~400 tokens
+    history: list[ChatMessage] = []
+    for i in range(8):  # ~3,200 tokens: more than the 2,048 of the test model's context
+        history += [ChatMessage("user", f"{i} {filler}"), ChatMessage("assistant", f"ok {i}")]
+    messages = [system, *history, ChatMessage("user", "Say hi.")]
+    finish = None
+    async for item in smol.stream(messages, GenerationParams(4, 0.0, "en")):
+        if isinstance(item, Finish):
+            finish = item
+    assert finish is not None
+    assert 1000 < finish.prompt_tokens <= smol.n_ctx - 4
+
+
+async def test_a_turn_larger_than_the_context_is_invalid(smol: LlamaCppBackend) -> None:
+    huge = [ChatMessage("user", "word " * 3000)]
+    with pytest.raises(InvalidArgument):
+        async for _ in smol.stream(huge, GenerationParams(4, 0.0, "en")):
+            pass
+    await wait_idle(smol, within=5.0)
+    assert smol.last_run is not None and smol.last_run.completion_tokens == 0

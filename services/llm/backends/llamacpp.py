@@ -175,6 +175,8 @@ class LlamaCppBackend:
                     fields={"text": "too long for the model context"},
                 )
             del msgs[first]
+            if len(msgs) - first > 1 and msgs[first].role == "assistant":
+                del msgs[first]  # whole exchanges go: an answer without its question misleads
 
     async def prime(self, system_prompt: str) -> None:
         """Reads the default system prompt into the cache, so the first turn after start-up

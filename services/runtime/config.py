@@ -153,7 +153,28 @@ class ServiceSettings(BaseSettings):
             env_settings,
             YamlConfigSettingsSource(settings_cls),
             file_secret_settings,
+            _SectionDefaults(settings_cls),
         )
+
+
+class _SectionDefaults(PydanticBaseSettingsSource):
+    """Lowest-priority source: each section's default object, as a dict.
+
+    pydantic-settings deep-merges its sources, but a section set partly by env
+    (``LLM_SERVER__HOST`` alone) would otherwise be rebuilt from the section *class*
+    defaults, losing the service's own (port 50052 became 50050). Offering the service's
+    defaults as a source makes the partial override merge over them.
+    """
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, info in self.settings_cls.model_fields.items():
+            if isinstance(info.default, BaseModel):
+                out[name] = info.default.model_dump(exclude_unset=True)
+        return out
 
 
 class ConfigError(Exception):

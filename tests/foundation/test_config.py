@@ -67,3 +67,16 @@ def test_invalid_values_name_the_field(tmp_path: Path, yaml: str, needle: str) -
 def test_missing_config_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(EchoSettings, tmp_path / "nope.yaml")
+
+
+def test_partial_section_override_keeps_the_service_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # EchoSettings' own server defaults are port 50099 and no metrics; setting one field of
+    # the section by env or file must not bring back the generic section's 50050 / 9090.
+    monkeypatch.setenv("ECHO_SERVER__HOST", "127.0.0.1")
+    s = load_settings(EchoSettings)
+    assert (s.server.host, s.server.port, s.server.metrics_port) == ("127.0.0.1", 50099, None)
+    monkeypatch.delenv("ECHO_SERVER__HOST")
+    cfg = tmp_path / "echo.yaml"
+    cfg.write_text("server:\n  grace_seconds: 3\n")
+    s = load_settings(EchoSettings, cfg)
+    assert (s.server.grace_seconds, s.server.port, s.server.metrics_port) == (3, 50099, None)

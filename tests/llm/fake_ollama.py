@@ -49,7 +49,12 @@ class FakeOllama:
             await self._server.wait_closed()
 
     def chats(self) -> list[dict[str, Any]]:
-        return [body for method, path, body in self.requests if path == "/api/chat"]
+        """Chat requests with a conversation (not the warm-up's empty one)."""
+        return [body for _m, path, body in self.requests if path == "/api/chat" and body.get("messages")]
+
+    def warm_ups(self) -> list[dict[str, Any]]:
+        """Empty chats: Ollama's way to load a model."""
+        return [body for _m, path, body in self.requests if path == "/api/chat" and not body.get("messages")]
 
     async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
@@ -26,12 +28,17 @@ class OllamaBackend:
         # httpx applies this to connecting and to each read: a server that stops sending for
         # this long fails the call (the engine also bounds the wait for the first token).
         self._client = ollama.AsyncClient(host=host, timeout=timeout_seconds)
+        self._warm_task: asyncio.Task[None] | None = None
 
     async def load(self) -> None:
-        if not self.warm_up:
-            return
+        # In the background: loading a 7B model can take longer than the service should stay
+        # NOT_SERVING, and the chain answers with the next backend meanwhile.
+        if self.warm_up and self._warm_task is None:
+            self._warm_task = asyncio.create_task(self._warm())
+
+    async def _warm(self) -> None:
         # An empty chat makes Ollama load the model and keep it for keep_alive. Best effort:
-        # Ollama may start after us, and the chain falls back meanwhile.
+        # Ollama may start after us.
         try:
             await self._client.chat(model=self.model, messages=[], keep_alive=self.keep_alive)
             log.info("ollama model loaded", host=self.host, model=self.model)
@@ -39,6 +46,10 @@ class OllamaBackend:
             log.warning("ollama not ready at start-up", host=self.host, model=self.model, error=str(exc))
 
     async def close(self) -> None:
+        if self._warm_task is not None:
+            self._warm_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._warm_task
         await self._client.close()  # type: ignore[no-untyped-call]
 
     async def stream(

@@ -273,13 +273,24 @@ class LlamaCppBackend:
         stats.prompt_tokens = len(tokens)
         stats.restored_snapshot = self._switch_conversation(params.conversation, tokens)
         cached = common_prefix(llm.input_ids[: llm.n_tokens].tolist(), tokens)
-        # generate() re-reads the last prompt token when the whole prompt is cached, to get
-        # fresh logits; count it as read.
+        # What generate() should read: what follows the cached prefix (it re-reads the last
+        # prompt token when the whole prompt is cached, to get fresh logits). Replaced below
+        # by llama.cpp's own count once the prompt is decoded.
         stats.prompt_tokens_evaluated = len(tokens) - min(cached, len(tokens) - 1)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         vocab = llm._model.vocab
+        ctx = llm._ctx.ctx
+        llama_cpp.llama_perf_context_reset(ctx)
+        first = True
         reason: str = "length"
         for token in llm.generate(tokens, temp=params.temperature, top_p=0.95, top_k=40, repeat_penalty=1.1):
+            if first:
+                first = False
+                # The prompt tokens llama.cpp really decoded (its perf counter), so the
+                # summary shows the cache at work rather than what we expected of it.
+                decoded = int(llama_cpp.llama_perf_context(ctx).n_p_eval)
+                if decoded > 0:
+                    stats.prompt_tokens_evaluated = decoded
             if stop.is_set():
                 stats.cancelled = True
                 return

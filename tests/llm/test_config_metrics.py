@@ -38,6 +38,12 @@ def test_env_prefix_and_nesting(monkeypatch: pytest.MonkeyPatch) -> None:
     )
 
 
+def test_partial_server_env_keeps_the_llm_ports(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLM_SERVER__HOST", "127.0.0.1")
+    s = load_settings(LlmSettings)
+    assert (s.server.host, s.server.port, s.server.metrics_port) == ("127.0.0.1", 50052, 9092)
+
+
 @pytest.mark.parametrize(
     "env", [{"LLM_BACKENDS": "[]"}, {"LLM_BACKENDS": '["canned", "canned"]'}, {"LLM_BACKENDS": '["gpt"]'}]
 )

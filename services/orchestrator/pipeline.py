@@ -483,7 +483,7 @@ class Conversation:
             if self.current.cancelled():
                 self._finish_turn(turn, interrupted=True)
             self.current, self.current_turn = None, None
-        # Client is done: wait for the gate to open so the last answer's playback is covered.
+        # The client closed its side and every queued turn is answered: end the stream.
         self.outbox.put_nowait(None)
 
     async def _run_turn(self, turn: Turn) -> None:

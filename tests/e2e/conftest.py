@@ -45,7 +45,8 @@ class Fleet:
 @pytest.fixture(scope="session")
 async def fleet() -> AsyncIterator[Fleet]:
     """The three model services, loaded once for every end-to-end test."""
-    stt = await start_app(SttApp.from_settings(SttSettings(server=local())), local())
+    stt_settings = SttSettings(server=local().model_dump())  # type: ignore[arg-type]
+    stt = await start_app(SttApp.from_settings(stt_settings), local())
     llm = await start_app(build_llm(LlmSettings(server=local(), backends=["llamacpp", "canned"])), local())
     tts = await start_app(build_tts(TtsSettings(server=local())), local())
     proxies = {

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 
 from parole.audio.v1 import audio_pb2
 from parole.llm.v1 import llm_pb2, llm_pb2_grpc
@@ -68,6 +69,17 @@ def questions() -> list[tuple[str, str, Pcm]]:
     return out
 
 
+def speech_end(pcm: Pcm) -> float:
+    """Seconds into the clip where speech ends: recordings carry trailing silence, and the
+    clock must start when the user stopped talking, not when the file ran out."""
+    samples = np.frombuffer(pcm.data, dtype="<i2").astype(np.float32) / 32768
+    frame = pcm.sample_rate // 50  # 20 ms
+    n = len(samples) // frame
+    rms = np.sqrt((samples[: n * frame].reshape(n, frame) ** 2).mean(axis=1))
+    loud = np.nonzero(rms > max(0.01, 0.1 * float(rms.max())))[0]
+    return float((loud[-1] + 1) * frame / pcm.sample_rate) if loud.size else pcm.duration
+
+
 def percentile(values: list[float], q: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
@@ -88,14 +100,18 @@ async def streamed_turn(stub: Any, language: str, pcm: Pcm) -> dict[str, Any]:
             yield r
 
     call = stub.Converse(requests())
-    speech_end = 0.0
+    ended = 0.0
+
+    spoken = speech_end(pcm)
 
     async def send() -> None:
-        nonlocal speech_end
+        nonlocal ended
+        start = time.monotonic()
         for c in chunks(pcm.data, 16000):
             out.put_nowait(opb.ConverseRequest(audio=c))
             await asyncio.sleep(len(c) / 32000)
-        speech_end = time.monotonic()
+        # Sent at real-time pace from ``start``: the last speech sample left at start + spoken.
+        ended = start + spoken
         for c in chunks(silence(1.5), 16000):
             out.put_nowait(opb.ConverseRequest(audio=c))
             await asyncio.sleep(len(c) / 32000)
@@ -119,7 +135,7 @@ async def streamed_turn(stub: Any, language: str, pcm: Pcm) -> dict[str, Any]:
     return {
         "transcript": transcript,
         "reply": latency.reply_text,
-        "time_to_first_audio_s": first_audio - speech_end,
+        "time_to_first_audio_s": first_audio - ended,
         "server": {
             "final_transcript_s": latency.final_transcript_seconds,
             "first_token_s": latency.first_token_seconds,
@@ -208,44 +224,60 @@ async def floor(
     return {**parts, "floor_s": sum(parts.values())}
 
 
-async def run(rounds: int) -> dict[str, Any]:
-    env = {"llm": {"LLM_BACKENDS": '["llamacpp","canned"]'}}
+def fleet() -> Fleet:
+    """The production fleet with result caches off: repeated questions must cost what new
+    ones do, or the comparison measures the caches."""
+    env = {
+        "stt": {"STT_CACHE_MAX_BYTES": "0"},
+        "llm": {"LLM_BACKENDS": '["llamacpp","canned"]'},
+        "tts": {"TTS_CACHE_BYTES": "0"},
+    }
     names = ("stt", "llm", "tts", "orchestrator")
-    async with Fleet(env=env, ports=dict.fromkeys(names, 0), metrics_ports=dict.fromkeys(names, 0)) as fleet:
-        channels = {n: grpc.aio.insecure_channel(t) for n, t in fleet.targets.items()}
-        orch = orchestrator_pb2_grpc.OrchestratorServiceStub(channels["orchestrator"])
-        stt = stt_pb2_grpc.SttServiceStub(channels["stt"])
-        llm = llm_pb2_grpc.LlmServiceStub(channels["llm"])
-        tts = tts_pb2_grpc.TtsServiceStub(channels["tts"])
-        qs = questions()
-        await streamed_turn(orch, qs[0][1], qs[0][2])  # warm every path once, not measured
-        rows = []
+    return Fleet(env=env, ports=dict.fromkeys(names, 0), metrics_ports=dict.fromkeys(names, 0))
+
+
+async def run(fleet: Fleet, rounds: int) -> dict[str, Any]:
+    channels = {n: grpc.aio.insecure_channel(t) for n, t in fleet.targets.items()}
+    orch = orchestrator_pb2_grpc.OrchestratorServiceStub(channels["orchestrator"])
+    stt = stt_pb2_grpc.SttServiceStub(channels["stt"])
+    llm = llm_pb2_grpc.LlmServiceStub(channels["llm"])
+    tts = tts_pb2_grpc.TtsServiceStub(channels["tts"])
+    qs = questions()
+    await streamed_turn(orch, qs[0][1], qs[0][2])  # warm every path once, not measured
+    streamed: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in qs}
+    sequential: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in qs}
+    # Questions take turns, so no prompt directly follows itself: the LLM then reuses only the
+    # system prompt's cache, as in a real conversation, not a whole identical prompt.
+    for _ in range(rounds):
         for name, language, pcm in qs:
-            streamed = [await streamed_turn(orch, language, pcm) for _ in range(rounds)]
-            sequential = [await sequential_turn(stt, llm, tts, language, pcm) for _ in range(rounds)]
-            best = min(streamed, key=lambda r: r["time_to_first_audio_s"])
-            fl = await floor(stt, llm, tts, language, pcm, best["transcript"], best["reply"], rounds)
-            s_med = statistics.median(r["time_to_first_audio_s"] for r in streamed)
-            q_med = statistics.median(r["time_to_first_audio_s"] for r in sequential)
-            rows.append(
-                {
-                    "question": name,
-                    "language": language,
-                    "speech_s": round(pcm.duration, 2),
-                    "streamed": streamed,
-                    "sequential": sequential,
-                    "floor": fl,
-                    "streamed_median_s": s_med,
-                    "sequential_median_s": q_med,
-                    "speedup": q_med / s_med,
-                    "above_floor_s": s_med - fl["floor_s"],
-                }
-            )
-            print(
-                f"{name:48} streamed {s_med:6.2f}s  sequential {q_med:6.2f}s  x{q_med / s_med:4.1f}  floor {fl['floor_s']:5.2f}s"
-            )
-        for ch in channels.values():
-            await ch.close()
+            streamed[name].append(await streamed_turn(orch, language, pcm))
+        for name, language, pcm in qs:
+            sequential[name].append(await sequential_turn(stt, llm, tts, language, pcm))
+    rows = []
+    for name, language, pcm in qs:
+        best = min(streamed[name], key=lambda r: r["time_to_first_audio_s"])
+        fl = await floor(stt, llm, tts, language, pcm, best["transcript"], best["reply"], rounds)
+        s_med = statistics.median(r["time_to_first_audio_s"] for r in streamed[name])
+        q_med = statistics.median(r["time_to_first_audio_s"] for r in sequential[name])
+        rows.append(
+            {
+                "question": name,
+                "language": language,
+                "speech_s": round(speech_end(pcm), 2),
+                "streamed": streamed[name],
+                "sequential": sequential[name],
+                "floor": fl,
+                "streamed_median_s": s_med,
+                "sequential_median_s": q_med,
+                "speedup": q_med / s_med,
+                "above_floor_s": s_med - fl["floor_s"],
+            }
+        )
+        print(
+            f"{name:40} streamed {s_med:5.2f}s  sequential {q_med:5.2f}s  x{q_med / s_med:4.1f}  floor {fl['floor_s']:5.2f}s"
+        )
+    for ch in channels.values():
+        await ch.close()
     ttfa = [r["time_to_first_audio_s"] for row in rows for r in row["streamed"]]
     seq = [r["time_to_first_audio_s"] for row in rows for r in row["sequential"]]
     return {
@@ -277,7 +309,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=REPO / "reports" / "bench_e2e.json")
     args = parser.parse_args()
-    report = asyncio.run(run(args.rounds))
+    with fleet() as running:  # started from the main thread: its services die with this process
+        report = asyncio.run(run(running, args.rounds))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(json.dumps(report["summary"], indent=2))

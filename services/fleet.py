@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -64,6 +66,13 @@ CATALOG: dict[str, ServiceSpec] = {
     ),
 }
 ALL = ("stt", "llm", "tts", "orchestrator")
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM if the launcher dies, even by SIGKILL, so a
+    killed test run or benchmark never leaves model servers behind holding ports and memory."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 class FleetError(RuntimeError):
@@ -302,6 +311,11 @@ class Fleet:
             # Own process group: a Ctrl-C in the terminal reaches only the launcher, which then
             # stops the services in order (orchestrator first) instead of all at once.
             start_new_session=True,
+            # The death signal follows the *thread* that forks, so only the main thread (which
+            # lives as long as the launcher) sets it; async callers start from a worker thread.
+            preexec_fn=_die_with_parent
+            if sys.platform == "linux" and threading.current_thread() is threading.main_thread()
+            else None,
         )
         self.children[spec.name] = Child(spec, process, log_path, time.monotonic(), _log=log)
 

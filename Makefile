@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PROTOS := $(shell find protos -name '*.proto')
 STAMP := parole/.generated
 
-.PHONY: install system-deps venv proto models lint test bench run demo clean
+.PHONY: install system-deps venv proto models lint test bench reliability run demo clean
 
 install: system-deps venv proto models ## everything a fresh machine needs (idempotent)
 
@@ -52,6 +52,9 @@ test: proto ## the default test suite (real small models; ~15 min on 2 cores)
 
 bench: proto ## benchmarks; JSON reports under reports/
 	$(PY) -m bench
+
+reliability: proto ## load, faults, bad input, soak, security: CI-sized run and docs/RELIABILITY.md (FULL=1: full load and soak)
+	$(PY) -m bench.reliability $(if $(FULL),--full,)
 
 run: install ## the conversation: a live one with a microphone, else the demo on bundled audio
 	$(PY) -m client.run

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import ipaddress
 import json
 import os
 import signal
@@ -15,10 +13,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from parole.llm.v1 import llm_pb2, llm_pb2_grpc
 from services.runtime import healthcheck
@@ -28,6 +22,7 @@ from services.runtime.server import RunningServer, start_app, start_server
 from tests.conftest import REPO
 from tests.foundation.conftest import local
 from tests.foundation.echo_service import SERVICE, EchoApp, EchoSettings
+from tests.pki import make_pki
 
 GRPCURL = str(Path(sys.executable).with_name("grpcurl"))
 
@@ -119,58 +114,10 @@ async def test_token_auth() -> None:
         await running.stop(0)
 
 
-def _cert(
-    subject: str,
-    key: ec.EllipticCurvePrivateKey,
-    issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None,
-    *,
-    ca: bool,
-) -> x509.Certificate:
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-    issuer_name, issuer_key = issuer or (name, key)
-    now = dt.datetime.now(dt.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(issuer_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if not ca:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-    return builder.sign(issuer_key, hashes.SHA256())
-
-
-def _pem(path: Path, obj: x509.Certificate | ec.EllipticCurvePrivateKey) -> Path:
-    if isinstance(obj, x509.Certificate):
-        path.write_bytes(obj.public_bytes(serialization.Encoding.PEM))
-    else:
-        path.write_bytes(
-            obj.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
-        )
-    return path
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A throwaway CA, a server certificate for 127.0.0.1 and a client certificate."""
-    d = tmp_path_factory.mktemp("pki")
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = _cert("parole-test-ca", ca_key, None, ca=True)
-    out = {"ca": _pem(d / "ca.pem", ca)}
-    for who in ("server", "client"):
-        key = ec.generate_private_key(ec.SECP256R1())
-        out[f"{who}_key"] = _pem(d / f"{who}.key", key)
-        out[f"{who}_cert"] = _pem(d / f"{who}.pem", _cert(f"parole-{who}", key, (ca.subject, ca_key), ca=False))
-    return out
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 async def test_mtls_round_trip_and_refusals(pki: dict[str, Path]) -> None:

@@ -259,6 +259,23 @@ class Fleet:
         self.children.clear()
         return codes
 
+    def restart(self, name: str) -> Child:
+        """Starts a service of this fleet again, on the same ports with the same environment,
+        after it died or was killed (fault tests); stops it first if it still runs. Returns
+        once it is SERVING again (its ``serving_after`` says how long that took)."""
+        old = self.children.get(name)
+        if old is None:
+            raise KeyError(f"{name} is not running in this fleet")
+        if old.process.poll() is None:
+            old.process.kill()
+        old.process.wait()
+        if old._log is not None:
+            old._log.close()
+        spec = old.spec
+        self._spawn(spec, append_log=True)
+        self._wait_serving([self.children[name]])
+        return self.children[name]
+
     def __enter__(self) -> Self:
         self.start()
         return self
@@ -294,13 +311,13 @@ class Fleet:
                 f"ports already in use: {', '.join(busy)} (another fleet still running? stop it, or choose other ports)"
             )
 
-    def _spawn(self, spec: ServiceSpec) -> None:
+    def _spawn(self, spec: ServiceSpec, *, append_log: bool = False) -> None:
         log: IO[bytes] | None = None
         log_path: Path | None = None
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             log_path = self.log_dir / f"{spec.name}.log"
-            log = log_path.open("wb")
+            log = log_path.open("ab" if append_log else "wb")
         process = subprocess.Popen(
             self.command(spec),
             cwd=self.cwd,

@@ -97,3 +97,17 @@ def test_a_busy_port_is_refused_before_anything_starts(tmp_path: Path) -> None:
 def test_unknown_dependencies_are_refused() -> None:
     with pytest.raises(ValueError, match="orchestrator needs stt, llm, tts"):
         Fleet(["orchestrator"])
+
+
+def test_restart_brings_a_killed_service_back_on_its_port(tmp_path: Path) -> None:
+    with Fleet([ECHO], log_dir=tmp_path, stop_grace=5) as fleet:
+        target = fleet.target("echo")
+        first = fleet.children["echo"].process
+        first.kill()
+        first.wait()
+        assert not _serving(target)
+        child = fleet.restart("echo")
+        assert child.process.pid != first.pid and child.process.poll() is None
+        assert fleet.target("echo") == target and _serving(target)
+        assert child.serving_after is not None
+    assert child.process.returncode == 0

@@ -419,10 +419,13 @@ class Conversation:
             call = self.stubs.stt.StreamingRecognize(self._stt_requests())
             try:
                 await call.wait_for_connection()
-                if not self.stt_connected:
-                    self.log.info("speech recognition is back")
-                self.stt_connected, self.stt_outage_reported, delay = True, False, 0.25
+                self.stt_connected, delay = True, 0.25
                 async for resp in call:
+                    # The outage ends when STT answers, not when it accepts a connection: a
+                    # restarted STT accepts them while its models load, and rejects the stream.
+                    if self.stt_outage_reported:
+                        self.stt_outage_reported = False
+                        self.log.info("speech recognition is back")
                     self._on_stt(resp)
                 return  # the client closed its side and STT flushed its last final
             except grpc.aio.AioRpcError as err:

@@ -43,6 +43,9 @@ def channel_options(settings: ServerSettings) -> list[tuple[str, Any]]:
         ("grpc.max_send_message_length", settings.max_send_message_bytes),
         ("grpc.keepalive_time_ms", int(settings.keepalive_time_seconds * 1000)),
         ("grpc.keepalive_timeout_ms", int(settings.keepalive_timeout_seconds * 1000)),
+        # gRPC >= 1.6x times keepalive pings out by this (default 1 min), not by the above: without
+        # it a blackholed link (peer gone, connection not closed) hangs a stream far longer.
+        ("grpc.http2.ping_timeout_ms", int(settings.keepalive_timeout_seconds * 1000)),
         # Clients ping idle streams (a silent microphone); let them, within reason.
         ("grpc.http2.min_ping_interval_without_data_ms", 5000),
         ("grpc.keepalive_permit_without_calls", 1),

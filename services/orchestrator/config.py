@@ -51,7 +51,8 @@ class OrchestratorSettings(ServiceSettings):
     backend after 30 s without a token (the original's timeout) and falls back; this bounds
     the whole streamed answer on a loaded CPU host."""
     tts_timeout_seconds: float = Field(default=60.0, gt=0)
-    """Deadline for speaking one answer."""
+    """Deadline for speaking one answer, once the LLM is done: the TTS stream opens with the
+    turn, so its deadline is ``llm_timeout_seconds`` plus this."""
     dependency_wait_seconds: float = Field(default=300.0, ge=0)
     """At start-up, wait this long for the three services to be SERVING before serving anyway
     (degraded) — model loading can take minutes on a cold host."""

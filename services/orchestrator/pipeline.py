@@ -562,8 +562,11 @@ class Conversation:
         """TTS audio → client, clause by clause, closing the microphone gate on the first."""
         warned_voice = False
         try:
+            # The stream opens with the turn and is fed by the LLM, so its deadline spans the
+            # LLM's too: a canned reply after an LLM timeout is still spoken.
             call = self.stubs.tts.StreamingSynthesize(
-                self._tts_requests(text_q), timeout=self.settings.tts_timeout_seconds
+                self._tts_requests(text_q),
+                timeout=self.settings.llm_timeout_seconds + self.settings.tts_timeout_seconds,
             )
             async for r in call:
                 chunk = r.audio

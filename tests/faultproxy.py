@@ -11,12 +11,16 @@ import socket
 class FaultProxy:
     """Forwards 127.0.0.1:<port> to ``upstream``; ``kill()`` drops every connection and stops
     accepting (the service 'died'); ``revive()`` accepts again; ``delay`` adds latency per chunk;
-    ``reset_after_bytes`` resets a connection once that much has flowed downstream."""
+    ``reset_after_bytes`` resets a connection once that much has flowed downstream;
+    ``drop`` blackholes traffic (bytes are read and discarded, connections stay open, as on a
+    dead route); ``bytes_per_second`` limits each direction's bandwidth."""
 
     def __init__(self, upstream_host: str, upstream_port: int) -> None:
         self.upstream = (upstream_host, upstream_port)
         self.delay = 0.0
         self.reset_after_bytes: int | None = None
+        self.drop = False
+        self.bytes_per_second: float | None = None
         self.port = 0
         self._server: asyncio.Server | None = None
         self._conns: set[asyncio.StreamWriter] = set()
@@ -51,8 +55,12 @@ class FaultProxy:
         sent = 0
         try:
             while data := await reader.read(65536):
+                if self.drop:
+                    continue  # blackhole: nothing arrives, nothing is closed
                 if self.delay:
                     await asyncio.sleep(self.delay)
+                if self.bytes_per_second:
+                    await asyncio.sleep(len(data) / self.bytes_per_second)
                 writer.write(data)
                 await writer.drain()
                 sent += len(data)

@@ -10,6 +10,7 @@ its valid value half the time, so fuzzing also reaches past the first validation
 from __future__ import annotations
 
 import collections
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -171,7 +172,32 @@ def message(
             kw.update(d)
         return cls(**kw)
 
-    return st.tuples(*parts).map(build)
+    anchored = st.tuples(*parts).map(build)
+    if base is None:
+        return anchored
+    # Half the time: the valid message with exactly one field hostile, so each field's own
+    # validation (and what lies past it) is reached, not just the first check that fails.
+    return st.one_of(
+        st.sampled_from(list(desc.fields)).flatmap(lambda f: _one_field(base, f, depth, max_bytes, ov)), anchored
+    )
+
+
+def _one_field(
+    base: pb_message.Message, f: FieldDescriptor, depth: int, max_bytes: int, ov: Mapping[str, st.SearchStrategy[Any]]
+) -> st.SearchStrategy[Any]:
+    def put(value: Any) -> pb_message.Message:
+        out = type(base)()
+        out.CopyFrom(base)
+        out.ClearField(f.name)
+        if f.is_repeated:
+            getattr(out, f.name).extend(value)
+        elif f.type == FieldDescriptor.TYPE_MESSAGE:
+            getattr(out, f.name).CopyFrom(value)
+        else:
+            setattr(out, f.name, value)
+        return out
+
+    return _field(f, depth, max_bytes, None, ov).map(put)
 
 
 @dataclass
@@ -182,6 +208,7 @@ class Tally:
     examples: int = 0
     codes: collections.Counter[str] = field(default_factory=collections.Counter)
     unexpected: list[str] = field(default_factory=list)
+    reasons: collections.Counter[str] = field(default_factory=collections.Counter)
     seconds: float = 0.0
 
     def details(self) -> dict[str, Any]:
@@ -189,6 +216,7 @@ class Tally:
             "examples": self.examples,
             "statuses": dict(self.codes),
             "unexpected": self.unexpected[:5],
+            "top_refusals": dict(self.reasons.most_common(5)),
             "seconds": round(self.seconds, 1),
         }
 
@@ -268,6 +296,10 @@ def run_fuzz(tally: Tally, strategy: st.SearchStrategy[Any], check: Check, max_e
         tally.examples += 1
         code, details = check(value)
         tally.codes[code.name] += 1
+        if code != grpc.StatusCode.OK:
+            # the reason without the echoed value, so equal refusals count together
+            reason = re.split(r"[:;'(0-9]", details, maxsplit=1)[0].strip()[:70]
+            tally.reasons[f"{code.name}: {reason}"] += 1
         if code not in EXPECTED:
             tally.unexpected.append(f"{code.name}: {details[:200]} <- {str(value)[:300]!r}")
         assert code in EXPECTED, f"{tally.name}: {code.name} ({details}) for {value!r:.500}"

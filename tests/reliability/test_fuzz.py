@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import random
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -55,6 +56,9 @@ from tests.reliability.protofuzz import (
 )
 
 CALL_TIMEOUT = 60.0
+SCALE = float(os.environ.get("PAROLE_FUZZ_SCALE", "1"))
+"""Multiplies every target's example count: 1 is the CI-sized run (about a minute and a
+half on two shared cores); ``PAROLE_FUZZ_SCALE=10`` the long one."""
 RSS_GROWTH_LIMIT = 150 * 1024 * 1024
 RATE = 16000
 PCM = audio_pb2.AudioFormat(sample_rate_hz=RATE, encoding=audio_pb2.AUDIO_ENCODING_PCM_S16LE, channels=1)
@@ -237,7 +241,7 @@ async def fuzz(
     failures_before = server_failures(full_name)
     failure: BaseException | None = None
     try:
-        await asyncio.to_thread(run_fuzz, tally, strategy, check, max_examples)
+        await asyncio.to_thread(run_fuzz, tally, strategy, check, max(1, round(max_examples * SCALE)))
     except BaseException as exc:
         failure = exc
     server_side = server_failures(full_name) - failures_before
@@ -256,6 +260,7 @@ async def fuzz(
         passed=failure is None and serving,
         **tally.details(),
         server_internal_or_unknown=server_side,
+        rss_mb_after=round(rss_bytes() / 2**20),
         serving_after=serving,
         real_call_after=real_ok,
     )
@@ -301,7 +306,7 @@ RECOGNITION = stt_pb2.RecognitionConfig(language="en", audio_format=PCM)
 async def test_stt_recognize(fleet: Fleet, rss_start: int) -> None:
     base = stt_pb2.RecognizeRequest(config=RECOGNITION, audio=tone(0.3))
     strategy = message(stt_pb2.RecognizeRequest.DESCRIPTOR, base=base, overrides={"audio": pcm()})
-    await fuzz(fleet, "stt", "Recognize", strategy, unary(fleet.stt_sync.Recognize), 30)
+    await fuzz(fleet, "stt", "Recognize", strategy, unary(fleet.stt_sync.Recognize), 60)
 
 
 def stt_stream() -> st.SearchStrategy[list[Any]]:
@@ -309,14 +314,12 @@ def stt_stream() -> st.SearchStrategy[list[Any]]:
     config = message(stt_pb2.RecognitionConfig.DESCRIPTOR, base=RECOGNITION).map(lambda c: req(config=c))
     audio = pcm().map(lambda a: req(audio=a))
     anything = message(req.DESCRIPTOR, overrides={"audio": pcm()})
-    return st.one_of(
-        st.lists(anything, max_size=5),
-        st.tuples(config, st.lists(st.one_of(audio, anything), max_size=5)).map(lambda t: [t[0], *t[1]]),
-    )
+    structured = st.tuples(config, st.lists(st.one_of(audio, anything), max_size=5)).map(lambda t: [t[0], *t[1]])
+    return st.one_of(st.lists(anything, max_size=5), structured, structured)
 
 
 async def test_stt_streaming_recognize(fleet: Fleet, rss_start: int) -> None:
-    await fuzz(fleet, "stt", "StreamingRecognize", stt_stream(), streaming(fleet.stt_sync.StreamingRecognize), 30)
+    await fuzz(fleet, "stt", "StreamingRecognize", stt_stream(), streaming(fleet.stt_sync.StreamingRecognize), 60)
 
 
 async def test_stt_audio_bytes(fleet: Fleet, rss_start: int) -> None:
@@ -334,7 +337,7 @@ async def test_stt_audio_bytes(fleet: Fleet, rss_start: int) -> None:
         return code, details
 
     strategy = st.tuples(st.booleans(), st.lists(pcm(), min_size=1, max_size=4))
-    await fuzz(fleet, "stt", "audio bytes", strategy, check, 30)
+    await fuzz(fleet, "stt", "audio bytes", strategy, check, 60)
 
 
 async def test_stt_list_engines(fleet: Fleet, rss_start: int) -> None:
@@ -352,15 +355,46 @@ async def test_llm_generate(fleet: Fleet, rss_start: int) -> None:
         options=llm_pb2.GenerationOptions(max_tokens=4, language="en", backend="llamacpp"),
     )
     strategy = message(llm_pb2.GenerateRequest.DESCRIPTOR, base=base)
-    await fuzz(fleet, "llm", "Generate", strategy, unary(fleet.llm_sync.Generate), 40)
+    await fuzz(fleet, "llm", "Generate", strategy, unary(fleet.llm_sync.Generate), 50)
+
+
+async def test_llm_generate_valid_envelope(fleet: Fleet, rss_start: int) -> None:
+    """Deeper: a well-formed request whose text, history, sampling and prompt are hostile, so
+    generation itself runs on them (NaN and infinite temperatures, control characters...)."""
+    history = st.lists(
+        st.builds(
+            llm_pb2.ChatMessage,
+            role=st.sampled_from([llm_pb2.ROLE_USER, llm_pb2.ROLE_ASSISTANT]),
+            content=text_strategy(60),
+        ),
+        max_size=3,
+    )
+    options = st.builds(
+        llm_pb2.GenerationOptions,
+        max_tokens=st.integers(0, 32),
+        temperature=st.one_of(st.floats(0, 2, width=32), st.floats(width=32, allow_nan=True, allow_infinity=True)),
+        system_prompt=text_strategy(80),
+        language=st.one_of(st.sampled_from(["", "en", "fr"]), text_strategy(8)),
+    )
+    # a session (the server keeps the history) or a stateless call (the client sends it)
+    strategy = st.one_of(
+        st.builds(
+            llm_pb2.GenerateRequest,
+            session_id=st.sampled_from(["fuzz-a", "fuzz-b"]),
+            text=text_strategy(120),
+            options=options,
+        ),
+        st.builds(llm_pb2.GenerateRequest, text=text_strategy(120), messages=history, options=options),
+    )
+    await fuzz(fleet, "llm", "Generate (valid envelope)", strategy, unary(fleet.llm_sync.Generate), 40)
 
 
 async def test_llm_sessions(fleet: Fleet, rss_start: int) -> None:
     ids = st.one_of(text_strategy(), st.just("fuzz-session"))
     reset = message(llm_pb2.ResetSessionRequest.DESCRIPTOR, overrides={"session_id": ids})
-    await fuzz(fleet, "llm", "ResetSession", reset, unary(fleet.llm_sync.ResetSession), 30)
+    await fuzz(fleet, "llm", "ResetSession", reset, unary(fleet.llm_sync.ResetSession), 40)
     get = message(llm_pb2.GetSessionRequest.DESCRIPTOR, overrides={"session_id": ids})
-    await fuzz(fleet, "llm", "GetSession", get, unary(fleet.llm_sync.GetSession), 30)
+    await fuzz(fleet, "llm", "GetSession", get, unary(fleet.llm_sync.GetSession), 40)
     models = message(llm_pb2.ListModelsRequest.DESCRIPTOR)
     await fuzz(fleet, "llm", "ListModels", models, unary(fleet.llm_sync.ListModels), 5)
 
@@ -373,10 +407,23 @@ SYNTH = tts_pb2.SynthesisConfig(voice=VOICE, language="en", speed=1.0)
 async def test_tts_synthesize(fleet: Fleet, rss_start: int) -> None:
     base = tts_pb2.SynthesizeRequest(text="Hello.", config=SYNTH)
     strategy = message(tts_pb2.SynthesizeRequest.DESCRIPTOR, base=base)
-    await fuzz(fleet, "tts", "Synthesize", strategy, unary(fleet.tts_sync.Synthesize), 30)
+    await fuzz(fleet, "tts", "Synthesize", strategy, unary(fleet.tts_sync.Synthesize), 50)
     base_stream = tts_pb2.SynthesizeStreamRequest(text="Hello.", config=SYNTH)
     strategy = message(tts_pb2.SynthesizeStreamRequest.DESCRIPTOR, base=base_stream)
-    await fuzz(fleet, "tts", "SynthesizeStream", strategy, unary(fleet.tts_sync.SynthesizeStream), 20)
+    await fuzz(fleet, "tts", "SynthesizeStream", strategy, unary(fleet.tts_sync.SynthesizeStream), 30)
+
+
+async def test_tts_synthesize_valid_config(fleet: Fleet, rss_start: int) -> None:
+    """Deeper: a known voice (Piper joe or espeak-ng) with hostile text and speed, so the
+    text normaliser and the engines themselves see it."""
+    config = st.builds(
+        tts_pb2.SynthesisConfig,
+        voice=st.sampled_from([VOICE, "espeak-ng:fr", "espeak-ng:en"]),
+        speed=st.one_of(st.just(0.0), st.floats(width=32, allow_nan=True, allow_infinity=True)),
+        sample_rate_hz=st.sampled_from([0, 8000, 16000, 22050, 48000, 1, 2**32 - 1]),
+    )
+    strategy = st.builds(tts_pb2.SynthesizeRequest, text=text_strategy(150), config=config)
+    await fuzz(fleet, "tts", "Synthesize (valid voice)", strategy, unary(fleet.tts_sync.Synthesize), 40)
 
 
 def tts_stream() -> st.SearchStrategy[list[Any]]:
@@ -385,14 +432,12 @@ def tts_stream() -> st.SearchStrategy[list[Any]]:
     text = text_strategy(80).map(lambda t: req(text=t))
     flush = st.booleans().map(lambda b: req(flush=b))
     anything = message(req.DESCRIPTOR)
-    return st.one_of(
-        st.lists(anything, max_size=5),
-        st.tuples(config, st.lists(st.one_of(text, flush, anything), max_size=6)).map(lambda t: [t[0], *t[1]]),
-    )
+    structured = st.tuples(config, st.lists(st.one_of(text, flush, anything), max_size=6)).map(lambda t: [t[0], *t[1]])
+    return st.one_of(st.lists(anything, max_size=5), structured, structured)
 
 
 async def test_tts_streaming_synthesize(fleet: Fleet, rss_start: int) -> None:
-    await fuzz(fleet, "tts", "StreamingSynthesize", tts_stream(), streaming(fleet.tts_sync.StreamingSynthesize), 25)
+    await fuzz(fleet, "tts", "StreamingSynthesize", tts_stream(), streaming(fleet.tts_sync.StreamingSynthesize), 50)
 
 
 async def test_tts_list_voices(fleet: Fleet, rss_start: int) -> None:
@@ -410,10 +455,8 @@ def converse() -> st.SearchStrategy[list[Any]]:
     audio = pcm().map(lambda a: req(audio=a))
     text = text_strategy(40).map(lambda t: req(text=t))
     other = message(req.DESCRIPTOR, overrides={"audio": pcm(), "text": text_strategy(40)})
-    return st.one_of(
-        st.lists(other, max_size=4),
-        st.tuples(config, st.lists(st.one_of(audio, text, other), max_size=4)).map(lambda t: [t[0], *t[1]]),
-    )
+    structured = st.tuples(config, st.lists(st.one_of(audio, text, other), max_size=4)).map(lambda t: [t[0], *t[1]])
+    return st.one_of(st.lists(other, max_size=4), structured, structured)
 
 
 async def test_orchestrator_converse(fleet: Fleet, rss_start: int) -> None:
@@ -426,7 +469,7 @@ async def test_orchestrator_converse(fleet: Fleet, rss_start: int) -> None:
                 return grpc.StatusCode.INTERNAL, f"stage error {m.error.code}: {m.error.message}"
         return code, details
 
-    await fuzz(fleet, "orchestrator", "Converse", converse(), check, 25)
+    await fuzz(fleet, "orchestrator", "Converse", converse(), check, 60)
 
 
 async def test_memory_bounded_over_the_run(fleet: Fleet, rss_start: int) -> None:

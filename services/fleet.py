@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import os
 import signal
 import socket
@@ -68,11 +67,17 @@ CATALOG: dict[str, ServiceSpec] = {
 ALL = ("stt", "llm", "tts", "orchestrator")
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGTERM if the launcher dies, even by SIGKILL, so a
-    killed test run or benchmark never leaves model servers behind holding ports and memory."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+# Run as ``python -c <this> <launcher pid> <command...>``: the new process asks for SIGTERM
+# when the launcher dies, even by SIGKILL (so a killed test run or benchmark never leaves
+# model servers behind holding ports and memory), then becomes the service (the signal
+# survives exec). Not a preexec_fn: Python run in a child forked from a threaded process
+# (gRPC's threads) crashes it now and then (-6, -11), as fault tests restarting services saw.
+_DIE_WITH_PARENT = (
+    "import ctypes, os, signal, sys; "
+    "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM); "  # PR_SET_PDEATHSIG
+    "os.getppid() == int(sys.argv[1]) or sys.exit(1); "  # the launcher died already
+    "os.execv(sys.argv[2], sys.argv[2:])"
+)
 
 
 class FleetError(RuntimeError):
@@ -318,8 +323,13 @@ class Fleet:
             self.log_dir.mkdir(parents=True, exist_ok=True)
             log_path = self.log_dir / f"{spec.name}.log"
             log = log_path.open("ab" if append_log else "wb")
+        command = self.command(spec)
+        # The death signal follows the *thread* that forks, so only the main thread (which
+        # lives as long as the launcher) sets it; async callers start from a worker thread.
+        if sys.platform == "linux" and threading.current_thread() is threading.main_thread():
+            command = [self.python, "-c", _DIE_WITH_PARENT, str(os.getpid()), *command]
         process = subprocess.Popen(
-            self.command(spec),
+            command,
             cwd=self.cwd,
             env=self.environment(spec),
             stdin=subprocess.DEVNULL,
@@ -328,11 +338,6 @@ class Fleet:
             # Own process group: a Ctrl-C in the terminal reaches only the launcher, which then
             # stops the services in order (orchestrator first) instead of all at once.
             start_new_session=True,
-            # The death signal follows the *thread* that forks, so only the main thread (which
-            # lives as long as the launcher) sets it; async callers start from a worker thread.
-            preexec_fn=_die_with_parent
-            if sys.platform == "linux" and threading.current_thread() is threading.main_thread()
-            else None,
         )
         self.children[spec.name] = Child(spec, process, log_path, time.monotonic(), _log=log)
 

@@ -111,3 +111,32 @@ def test_restart_brings_a_killed_service_back_on_its_port(tmp_path: Path) -> Non
         assert fleet.target("echo") == target and _serving(target)
         assert child.serving_after is not None
     assert child.process.returncode == 0
+
+
+def test_children_die_with_a_killed_launcher(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+
+    script = (
+        "import sys, time; from pathlib import Path; from services.fleet import Fleet, ServiceSpec\n"
+        "f = Fleet([ServiceSpec('echo', 'tests.foundation.echo_service', 'ECHO_', port=0, metrics_port=0)], "
+        f"log_dir=Path({str(tmp_path)!r}))\n"
+        "f.start(); print(f.children['echo'].process.pid, flush=True); time.sleep(60)\n"
+    )
+    launcher = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=Path.cwd())
+    assert launcher.stdout is not None
+    pid = int(launcher.stdout.readline())
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        assert f.read().split(b"\0")[1:3] == [b"-m", b"tests.foundation.echo_service"], "the container's command"
+    launcher.send_signal(signal.SIGKILL)
+    launcher.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)
+    raise AssertionError("the service outlived its SIGKILLed launcher")

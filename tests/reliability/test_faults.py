@@ -53,7 +53,8 @@ CANNED_EN = "Sorry, the language model is unavailable right now."
 # The orchestrator's deadlines in the proxied tests: short, so a blackhole shows within seconds.
 LLM_DEADLINE = 4.0
 TTS_DEADLINE = 4.0
-KEEPALIVE = (5.0, 2.0)  # ping every 5 s, dead after 2 s without an answer
+KEEPALIVE = (5.0, 2.0)
+RETRY_PAUSE = 0.25  # between a client's turns while a stage recovers (a degraded turn can take 10 ms)  # ping every 5 s, dead after 2 s without an answer
 
 
 # --------------------------------------------------------------------------- ledger helper
@@ -246,6 +247,7 @@ async def test_llm_killed_mid_conversation_degrades_then_recovers(
         degraded_after = 0
         while not (ans := await text_turn(s)).clean:
             degraded_after += 1
+            await asyncio.sleep(RETRY_PAUSE)
             assert time.monotonic() - up_at < 30, "the orchestrator never used the restarted LLM"
         recovery = time.monotonic() - up_at
         await s.close()
@@ -275,6 +277,7 @@ async def test_tts_killed_mid_conversation_text_only_then_recovers(
         degraded_after = 0
         while not (await text_turn(s)).clean:
             degraded_after += 1
+            await asyncio.sleep(RETRY_PAUSE)
             assert time.monotonic() - up_at < 30, "the orchestrator never used the restarted TTS"
         recovery = time.monotonic() - up_at
         await s.close()
@@ -324,7 +327,9 @@ class Proxied:
 
 
 @asynccontextmanager
-async def proxied_orchestrator(fleet: Fleet, llm_deadline: float, tts_deadline: float) -> AsyncIterator[Proxied]:
+async def proxied_orchestrator(
+    fleet: Fleet, llm_deadline: float, tts_deadline: float, keepalive: tuple[float, float]
+) -> AsyncIterator[Proxied]:
     proxies: dict[str, FaultProxy] = {}
     for name in ("stt", "llm", "tts"):
         host, port = fleet.target(name).rsplit(":", 1)
@@ -334,8 +339,8 @@ async def proxied_orchestrator(fleet: Fleet, llm_deadline: float, tts_deadline: 
         port=0,
         metrics_port=None,
         grace_seconds=1.0,
-        keepalive_time_seconds=KEEPALIVE[0],
-        keepalive_timeout_seconds=KEEPALIVE[1],
+        keepalive_time_seconds=keepalive[0],
+        keepalive_timeout_seconds=keepalive[1],
     )
     settings = OrchestratorSettings(
         server=server,
@@ -357,14 +362,17 @@ async def proxied_orchestrator(fleet: Fleet, llm_deadline: float, tts_deadline: 
 @pytest.fixture
 async def proxied(fleet: Fleet) -> AsyncIterator[Proxied]:
     """Short deadlines: a blackhole shows within seconds."""
-    async with proxied_orchestrator(fleet, LLM_DEADLINE, TTS_DEADLINE) as p:
+    async with proxied_orchestrator(fleet, LLM_DEADLINE, TTS_DEADLINE, KEEPALIVE) as p:
         yield p
 
 
 @pytest.fixture
 async def patient(fleet: Fleet) -> AsyncIterator[Proxied]:
-    """Long deadlines: a 1 s round trip slows the audio stream's flow control a lot."""
-    async with proxied_orchestrator(fleet, 30.0, 30.0) as p:
+    """Long deadlines and the default keepalive (30 s, 10 s): a 1 s round trip with data queued
+    behind it slows the audio stream's flow control, and delays ping answers, a lot."""
+    defaults = ServerSettings()
+    keepalive = (defaults.keepalive_time_seconds, defaults.keepalive_timeout_seconds)
+    async with proxied_orchestrator(fleet, 30.0, 30.0, keepalive) as p:
         yield p
 
 
@@ -435,6 +443,7 @@ async def test_blackholed_link_the_deadline_fires_and_the_turn_degrades(stage: s
         degraded_after = 0
         while not (await text_turn(s)).clean:
             degraded_after += 1
+            await asyncio.sleep(RETRY_PAUSE)
             assert time.monotonic() - up_at < 30, f"the {stage} link never recovered"
         await s.close()
         assert s.error is None
@@ -517,6 +526,7 @@ async def test_reset_mid_stream_degrades_as_specified(stage: str, proxied: Proxi
                 cut = down.audio_bytes > 0
             up_at = time.monotonic()
             while not (await text_turn(s)).clean:
+                await asyncio.sleep(RETRY_PAUSE)
                 assert time.monotonic() - up_at < 30
             out.details.update(
                 seen=f"StageError({stage.upper()}, UNAVAILABLE, degraded) after {down.seconds:.1f} s; "

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import grpc
 
 from parole.tts.v1 import tts_pb2, tts_pb2_grpc
-from services.models.store import ModelStore
+from services.models.store import ModelError, ModelStore
 from services.runtime.device import resolve_placement
 from services.runtime.logging import get_logger
 from services.runtime.resilience import Breakers
@@ -55,9 +55,26 @@ class TtsApp:
         return [tts_pb2.DESCRIPTOR.services_by_name["TtsService"].full_name]
 
     async def warm_up(self) -> None:
+        self._warn_missing_voices()
         if self.settings.preload:
             await self.synth.load()
         log.info("voices ready", voices=len(self.registry.names()), languages=len(self.registry.languages()))
+
+    def _warn_missing_voices(self) -> None:
+        """A configured Piper voice that is absent is skipped (its language falls back to the
+        next voice, espeak-ng last): say which, where it was looked for and how to get it."""
+        present = set(self.registry.names())
+        store = ModelStore(self.settings.model_dir)
+        for language, names in self.settings.chains.items():
+            for name in names:
+                if name in present or name.startswith("espeak-ng:"):
+                    continue
+                try:
+                    store.piper_voice(name)
+                except ModelError as exc:
+                    log.warning(
+                        "configured voice unavailable; its language falls back", language=language, error=str(exc)
+                    )
 
     async def close(self) -> None:
         self.synth.close()

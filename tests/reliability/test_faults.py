@@ -710,3 +710,36 @@ def test_missing_model_at_start_exits_4_naming_model_path_and_fix(
         assert last.startswith(f"{service}: model '{model}' at {tmp_path}/"), last
         assert f"python -m services.models assemble {model}" in last, last
         out.details.update(seen=f"exit 4 after {seconds:.1f} s: {last}", exit_code=done.returncode)
+
+
+def test_missing_piper_voice_at_start_tts_serves_with_espeak_and_says_which(tmp_path: Path) -> None:
+    """The TTS service's design: an absent configured voice is skipped (espeak-ng comes last),
+    so it starts; the log names the voice, the path looked at and the command that fetches it."""
+    from parole.tts.v1 import tts_pb2, tts_pb2_grpc
+
+    with fault("tts voice file missing at start-up", "empty PAROLE_MODEL_DIR: no en_US-joe-medium") as out:
+        models, logs = tmp_path / "models", tmp_path / "logs"
+        models.mkdir()
+        with (
+            Fleet(
+                ["tts"],
+                ports={"tts": 0},
+                metrics_ports={"tts": 0},
+                env={"tts": {"PAROLE_MODEL_DIR": str(models)}},
+                log_dir=logs,
+                ready_timeout=60,
+                stop_grace=5,
+            ) as tts,
+            grpc.insecure_channel(tts.target("tts")) as channel,
+        ):
+            reply = tts_pb2_grpc.TtsServiceStub(channel).Synthesize(
+                tts_pb2.SynthesizeRequest(text="Hello.", config=tts_pb2.SynthesisConfig(language="en")), timeout=30
+            )
+            assert reply.audio.voice == "espeak-ng:en-us" and reply.audio.audio, reply.audio.voice
+        warning = next((line for line in (logs / "tts.log").read_text().splitlines() if "en_US-joe-medium" in line), "")
+        assert "configured voice unavailable" in warning, warning
+        assert f"{models}/piper/en_US-joe-medium.onnx" in warning, warning
+        assert "python -m services.models assemble en_US-joe-medium" in warning, warning
+        out.details.update(
+            seen="SERVING; English spoken by espeak-ng:en-us; warning: " + warning.split("error=", 1)[-1][:300]
+        )

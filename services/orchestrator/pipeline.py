@@ -461,7 +461,7 @@ class Conversation:
             if not r.is_final and not self.s.interim_results:
                 return
             turn_id = ""
-            if r.is_final and r.transcript.strip():  # a final with words starts a turn
+            if r.is_final and re.search(r"\w", r.transcript):  # a final with words starts a turn (not ". . .")
                 now = time.monotonic()
                 spoke_until = self.clock.wall_at(r.end_seconds) or now
                 turn_id = self._submit(r.transcript.strip(), start=min(spoke_until, now), final_at=now)

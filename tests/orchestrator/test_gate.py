@@ -95,3 +95,28 @@ def test_bad_session_config_names_the_field(config: pb.SessionConfig, field: str
     with pytest.raises(InvalidArgument) as err:
         SessionSettings.from_config(config, OrchestratorSettings())
     assert field in err.value.fields
+
+
+async def test_only_finals_with_words_start_a_turn() -> None:
+    from parole.stt.v1 import stt_pb2
+    from services.orchestrator.pipeline import Conversation
+
+    settings = OrchestratorSettings()
+    conv = Conversation(None, settings, SessionSettings.from_config(cfg(language="en"), settings))  # type: ignore[arg-type]
+
+    def final(text: str) -> stt_pb2.StreamingRecognizeResponse:
+        return stt_pb2.StreamingRecognizeResponse(result=stt_pb2.RecognitionResult(transcript=text, is_final=True))
+
+    conv._on_stt(final(". . ."))  # Whisper's transcript of a cough: shown, not answered
+    conv._on_stt(final(""))
+    assert conv.turns.empty()
+    conv._on_stt(final(" hello "))
+    turn = conv.turns.get_nowait()
+    assert turn is not None and turn.text == "hello"
+    shown = []
+    while not conv.outbox.empty():
+        msg = conv.outbox.get_nowait()
+        assert isinstance(msg, pb.ConverseResponse)
+        shown.append((msg.transcript.text, msg.turn_id))
+    # Every final is shown to the client; only the one with words carries a turn id.
+    assert shown == [(". . .", ""), ("", ""), (" hello ", turn.turn_id)]

@@ -30,7 +30,7 @@ import json
 import os
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -66,9 +66,12 @@ def slope(xs: Sequence[float], ys: Sequence[float]) -> float:
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var if var else 0.0
 
 
-def analyse(samples: Sequence[dict[str, Any]], rss_tolerance_mb: float, fd_tolerance: int) -> dict[str, dict[str, Any]]:
+def analyse(
+    samples: Sequence[dict[str, Any]], rss_tolerance_mb: float | Mapping[str, float], fd_tolerance: int
+) -> dict[str, dict[str, Any]]:
     """Per service: start → end, the second half's fitted RSS growth and the FD verdict.
-    ``samples``: {"turns": n, "services": {name: {"rss_mb", "fds"}}}, the first the baseline."""
+    ``samples``: {"turns": n, "services": {name: {"rss_mb", "fds"}}}, the first the baseline.
+    ``rss_tolerance_mb``: one bound for every service, or one per service name."""
     base, last = samples[0], samples[-1]
     half = last["turns"] / 2
     second = [s for s in samples if s["turns"] >= half] or [last]
@@ -79,13 +82,15 @@ def analyse(samples: Sequence[dict[str, Any]], rss_tolerance_mb: float, fd_toler
         fds = [int(s["services"][name]["fds"]) for s in samples]
         growth = slope(xs, rss) * (xs[-1] - xs[0])
         base_fds = fds[0]
-        rss_flat = growth < rss_tolerance_mb
+        tolerance = rss_tolerance_mb if isinstance(rss_tolerance_mb, int | float) else rss_tolerance_mb[name]
+        rss_flat = growth < tolerance
         fd_flat = max(fds) <= base_fds + fd_tolerance and fds[-1] <= base_fds
         out[name] = {
             "rss_start_mb": round(base["services"][name]["rss_mb"], 1),
             "rss_end_mb": round(last["services"][name]["rss_mb"], 1),
             "rss_second_half_growth_mb": round(growth, 2),
             "rss_second_half_kb_per_turn": round(slope(xs, rss) * 1024, 2),
+            "rss_tolerance_mb": tolerance,
             "fds_start": base_fds,
             "fds_max": max(fds),
             "fds_end": fds[-1],
@@ -124,7 +129,7 @@ async def run(
     per_session: int = 10,
     concurrent: int = 3,
     spoken_every: int = 3,
-    rss_tolerance_mb: float = 25.0,
+    rss_tolerance_mb: float | Mapping[str, float] = 25.0,
     fd_tolerance: int = 0,
     settle_s: float = 1.0,
     ledger_name: str | None = None,

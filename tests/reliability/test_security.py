@@ -194,7 +194,7 @@ async def secure(sandbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> 
                 model_dir=sandbox.models,
                 backends=["llamacpp", "canned"],
                 llamacpp={"model": SMOLLM},  # type: ignore[arg-type]
-                max_tokens=24,
+                max_tokens=16,
             )
         ),
         srv["llm"],
@@ -537,7 +537,7 @@ async def test_names_from_requests_cannot_escape_the_model_directory(secure: Sec
                 note("llm.backend", await status(llm.Generate(llm_pb2.GenerateRequest(text="Hi", options=opts))), name)
                 note("llm.session_id", await status(llm.GetSession(llm_pb2.GetSessionRequest(session_id=name))), name)
             # the orchestrator passes the voice to TTS by name: a sample is enough (each is a turn)
-            for name in names[::5]:
+            for name in names[::8]:
                 code, out = await converse(orch, typed("Hi.", voice=name), timeout=60)
                 stage = {e.error.code for e in events(out, "error")}
                 # refused at config, or the voice refused in-band (the turn may then go on in

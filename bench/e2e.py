@@ -106,12 +106,16 @@ async def streamed_turn(stub: Any, language: str, pcm: Pcm) -> dict[str, Any]:
 
     async def send() -> None:
         nonlocal ended
-        start = time.monotonic()
+        position = 0.0
         for c in chunks(pcm.data, 16000):
             out.put_nowait(opb.ConverseRequest(audio=c))
+            position += len(c) / 32000
+            if not ended and position >= spoken:
+                # A microphone delivers a chunk once it is recorded: the user stopped talking
+                # (position - spoken) seconds before this chunk left. Taking the real send time
+                # keeps timer drift out of the measurement.
+                ended = time.monotonic() - (position - spoken)
             await asyncio.sleep(len(c) / 32000)
-        # Sent at real-time pace from ``start``: the last speech sample left at start + spoken.
-        ended = start + spoken
         for c in chunks(silence(1.5), 16000):
             out.put_nowait(opb.ConverseRequest(audio=c))
             await asyncio.sleep(len(c) / 32000)
@@ -181,45 +185,43 @@ def first_clause(text: str) -> str:
 
 
 async def floor(
-    stt: Any, llm: Any, tts: Any, language: str, pcm: Pcm, transcript: str, reply: str, rounds: int
+    stt: Any, llm: Any, tts: Any, language: str, pcm: Pcm, transcript: str, reply: str, round_index: int
 ) -> dict[str, float]:
-    """Each stage's best time alone for this turn."""
+    """Each stage alone, once, for this turn (the caller keeps the best of several rounds)."""
     fmt = audio_pb2.AudioFormat(sample_rate_hz=16000, encoding=PCM)
-    decode, ttft, tts_first = [], [], []
-    for i in range(rounds):
-        # A little silence makes each request's audio (and so its cache key) different:
-        # this measures decoding, not the STT result cache.
-        audio = pcm.data + silence(0.01 * (i + 1))
-        t = time.monotonic()
-        await stt.Recognize(
-            stt_pb2.RecognizeRequest(config=stt_pb2.RecognitionConfig(language=language, audio_format=fmt), audio=audio)
+    # A little silence makes each request's audio differ, should a result cache be on.
+    audio = pcm.data + silence(0.01 * (round_index + 1))
+    t = time.monotonic()
+    await stt.Recognize(
+        stt_pb2.RecognizeRequest(config=stt_pb2.RecognitionConfig(language=language, audio_format=fmt), audio=audio)
+    )
+    decode = time.monotonic() - t
+    t = time.monotonic()
+    ttft = float("nan")
+    call = llm.Generate(
+        llm_pb2.GenerateRequest(
+            session_id=f"bench-{uuid.uuid4().hex[:12]}",
+            text=transcript,
+            options=llm_pb2.GenerationOptions(language=language, max_tokens=1),
         )
-        decode.append(time.monotonic() - t)
-        t = time.monotonic()
-        call = llm.Generate(
-            llm_pb2.GenerateRequest(
-                session_id=f"bench-{uuid.uuid4().hex[:12]}",
-                text=transcript,
-                options=llm_pb2.GenerationOptions(language=language, max_tokens=1),
-            )
-        )
-        async for r in call:
-            if r.WhichOneof("response") == "delta":
-                ttft.append(time.monotonic() - t)
-                call.cancel()
-                break
-        t = time.monotonic()
-        clause = first_clause(reply) + " " * i  # spaces defeat the phrase cache, not the text
-        async for _ in tts.SynthesizeStream(
-            tts_pb2.SynthesizeStreamRequest(text=clause, config=tts_pb2.SynthesisConfig(language=language))
-        ):
-            tts_first.append(time.monotonic() - t)
+    )
+    async for r in call:
+        if r.WhichOneof("response") == "delta":
+            ttft = time.monotonic() - t
+            call.cancel()
             break
+    t = time.monotonic()
+    tts_first = float("nan")
+    async for _ in tts.SynthesizeStream(
+        tts_pb2.SynthesizeStreamRequest(text=first_clause(reply), config=tts_pb2.SynthesisConfig(language=language))
+    ):
+        tts_first = time.monotonic() - t
+        break
     parts = {
         "endpoint_silence_s": SILENCE_MS / 1000,
-        "stt_decode_s": min(decode),
-        "llm_first_token_s": min(ttft),
-        "tts_first_audio_s": min(tts_first),
+        "stt_decode_s": decode,
+        "llm_first_token_s": ttft,
+        "tts_first_audio_s": tts_first,
     }
     return {**parts, "floor_s": sum(parts.values())}
 
@@ -253,10 +255,16 @@ async def run(fleet: Fleet, rounds: int) -> dict[str, Any]:
             streamed[name].append(await streamed_turn(orch, language, pcm))
         for name, language, pcm in qs:
             sequential[name].append(await sequential_turn(stt, llm, tts, language, pcm))
+    # The floor, interleaved too: the LLM must read each question anew, as in a real turn.
+    floors: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in qs}
+    for i in range(rounds):
+        for name, language, pcm in qs:
+            best = min(streamed[name], key=lambda r: r["time_to_first_audio_s"])
+            floors[name].append(await floor(stt, llm, tts, language, pcm, best["transcript"], best["reply"], i))
     rows = []
     for name, language, pcm in qs:
-        best = min(streamed[name], key=lambda r: r["time_to_first_audio_s"])
-        fl = await floor(stt, llm, tts, language, pcm, best["transcript"], best["reply"], rounds)
+        parts = {k: min(f[k] for f in floors[name]) for k in floors[name][0] if k != "floor_s"}
+        fl = {**parts, "floor_s": sum(parts.values())}
         s_med = statistics.median(r["time_to_first_audio_s"] for r in streamed[name])
         q_med = statistics.median(r["time_to_first_audio_s"] for r in sequential[name])
         rows.append(

@@ -30,13 +30,20 @@ TITLES = {
     "soak": "Soak",
     "security": "Security",
 }
+FIXED = ("category", "name", "passed", "lost", "at")
 KEYS = ("examples", "turns", "errors", "p50_s", "p95_s", "p99_s", "recovery_s", "codes", "rss_growth_mb", "fd_growth")
 
 
-def _detail(row: dict[str, Any]) -> str:
-    parts = [f"{k}={row[k]}" for k in KEYS if k in row]
-    note = row.get("note") or row.get("detail") or ""
-    return "; ".join([*parts, str(note)] if note else parts)
+def _detail(row: dict[str, Any], limit: int = 240) -> str:
+    """The record's own details: the usual keys first, then whatever else the check recorded."""
+    rest = [k for k in row if k not in (*KEYS, *FIXED)]
+    parts = [f"{k}={_short(row[k])}" for k in (*[k for k in KEYS if k in row], *rest)]
+    text = "; ".join(parts)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def table(rows: list[dict[str, Any]]) -> str:

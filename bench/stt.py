@@ -20,7 +20,6 @@ import platform
 import resource
 import statistics
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +29,13 @@ import numpy as np
 from parole.audio.v1 import audio_pb2
 from parole.stt.v1 import stt_pb2, stt_pb2_grpc
 from services.models.store import ModelStore
-from services.runtime.audio import Pcm, chunks, read_wav, resample_pcm16, silence
+from services.runtime.audio import Pcm, read_wav, resample_pcm16, silence
 from services.runtime.config import default_model_dir
 from services.runtime.server import start_app
 from services.stt.app import SttApp
 from services.stt.config import SttServerSettings, SttSettings
 from tests.speech import espeak, piper_joe, real_samples
-from tests.stt.conftest import word_error_rate
+from tests.stt.conftest import paced_requests, word_error_rate
 
 SPEECH_DIR = Path(os.environ.get("PAROLE_SPEECH_DIR", Path(__file__).resolve().parents[2] / "shared" / "speech"))
 JOE = [
@@ -77,18 +76,9 @@ async def stream_clip(stub: Any, language: str, pcm: Pcm, interims: bool) -> dic
     speech_end = LEAD + pcm.duration
     marks: dict[str, float] = {}
 
-    async def paced() -> AsyncIterator[stt_pb2.StreamingRecognizeRequest]:
-        yield stt_pb2.StreamingRecognizeRequest(config=cfg)
-        start = time.perf_counter()
-        for i, chunk in enumerate(chunks(audio, 16000)):
-            await asyncio.sleep(max(0.0, start + i * 0.1 - time.perf_counter()))
-            if "speech_end" not in marks and (i + 1) * 0.1 >= speech_end:
-                marks["speech_end"] = time.perf_counter()
-            yield stt_pb2.StreamingRecognizeRequest(audio=chunk)
-
     finals: list[tuple[float, stt_pb2.RecognitionResult]] = []
     interim_count = 0
-    async for response in stub.StreamingRecognize(paced()):
+    async for response in stub.StreamingRecognize(paced_requests(cfg, audio, speech_end, marks)):
         if response.HasField("result"):
             if response.result.is_final:
                 finals.append((time.perf_counter(), response.result))

@@ -7,6 +7,7 @@ import contextlib
 import re
 import shutil
 import subprocess
+import time
 import unicodedata
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -37,6 +38,20 @@ def normalise(text: str) -> list[str]:
     text = unicodedata.normalize("NFKD", text.lower())
     text = "".join(c for c in text if not unicodedata.combining(c))
     return re.sub(r"[^a-z0-9' ]+", " ", text).replace("'", "").split()
+
+
+async def paced_requests(
+    cfg: stt_pb2.RecognitionConfig, audio: bytes, speech_end: float, marks: dict[str, float]
+) -> AsyncIterator[stt_pb2.StreamingRecognizeRequest]:
+    """Config, then 16 kHz audio at real-time pace: chunk i is sent once its 100 ms have "been
+    spoken". Records in ``marks["speech_end"]`` when the chunk holding ``speech_end`` left."""
+    yield stt_pb2.StreamingRecognizeRequest(config=cfg)
+    start = time.perf_counter()
+    for i, chunk in enumerate(chunks(audio, 16000)):
+        await asyncio.sleep(max(0.0, start + i * 0.1 - time.perf_counter()))
+        if "speech_end" not in marks and (i + 1) * 0.1 >= speech_end:
+            marks["speech_end"] = time.perf_counter()
+        yield stt_pb2.StreamingRecognizeRequest(audio=chunk)
 
 
 def word_error_rate(reference: str, hypothesis: str) -> float:

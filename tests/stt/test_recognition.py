@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from parole.audio.v1 import audio_pb2
 from parole.stt.v1 import stt_pb2
-from services.runtime.audio import Pcm, chunks, read_wav, silence, wav_bytes
+from services.runtime.audio import Pcm, read_wav, silence, wav_bytes
 from tests.speech import espeak, real_samples
 from tests.stt.conftest import (
     FRENCH_KEY_WORDS,
@@ -20,6 +18,7 @@ from tests.stt.conftest import (
     collect,
     config,
     normalise,
+    paced_requests,
     padded,
     stream_requests,
     word_error_rate,
@@ -44,17 +43,7 @@ async def test_english_stream_is_word_correct_with_interims_first_and_final_in_t
     sent_at: dict[str, float] = {}
     got: list[tuple[float, stt_pb2.StreamingRecognizeResponse]] = []
 
-    async def paced() -> AsyncIterator[stt_pb2.StreamingRecognizeRequest]:
-        yield stt_pb2.StreamingRecognizeRequest(config=cfg)
-        start = time.perf_counter()
-        for i, chunk in enumerate(chunks(audio, 16000)):
-            # Real-time pace: chunk i is sent once its 100 ms have "been spoken".
-            await asyncio.sleep(max(0.0, start + i * 0.1 - time.perf_counter()))
-            if "speech_end" not in sent_at and (i + 1) * 0.1 >= speech_end:
-                sent_at["speech_end"] = time.perf_counter()
-            yield stt_pb2.StreamingRecognizeRequest(audio=chunk)
-
-    async for response in stt.stub.StreamingRecognize(paced()):
+    async for response in stt.stub.StreamingRecognize(paced_requests(cfg, audio, speech_end, sent_at)):
         got.append((time.perf_counter(), response))
 
     kinds = [

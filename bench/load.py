@@ -88,17 +88,21 @@ def spoken_questions() -> dict[str, list[tuple[str, Pcm]]]:
 @dataclass(frozen=True)
 class ProcStat:
     rss_mb: float
+    """Resident memory, all of it (VmRSS)."""
+    anon_mb: float
+    """Resident private memory (RssAnon): heaps, arenas, model weights read into memory. What a
+    leak grows; file-backed pages (libraries, memory-mapped files) the kernel may drop or keep."""
     fds: int
 
 
 def proc_stat(pid: int) -> ProcStat:
-    """Resident memory (VmRSS) and open file descriptors of a process, from /proc."""
-    rss_kb = 0
+    """Resident memory (VmRSS, RssAnon) and open file descriptors of a process, from /proc."""
+    kb = {"VmRSS": 0, "RssAnon": 0}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            rss_kb = int(line.split()[1])
-            break
-    return ProcStat(rss_mb=rss_kb / 1024, fds=len(os.listdir(f"/proc/{pid}/fd")))
+        key = line.split(":", 1)[0]
+        if key in kb:
+            kb[key] = int(line.split()[1])
+    return ProcStat(rss_mb=kb["VmRSS"] / 1024, anon_mb=kb["RssAnon"] / 1024, fds=len(os.listdir(f"/proc/{pid}/fd")))
 
 
 def fleet_stats(fleet: Fleet) -> dict[str, ProcStat]:

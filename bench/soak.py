@@ -7,14 +7,20 @@ each of ``--per-session`` turns, one spoken turn (a real recording at real-time 
 ``--spoken-every`` and the rest typed; sessions alternate English and French. The client is
 headless (playback reported finished as soon as the answer's audio has arrived).
 
-After every round, with all its sessions closed, each service's resident memory (VmRSS) and
-open file descriptors are sampled. The first round is a concurrent one and counts as warm-up:
+After every round, with all its sessions closed, each service's private resident memory
+(RssAnon: heaps, arenas, weights read into memory, what a leak grows) and open file descriptors
+are sampled; VmRSS is reported too. The first round is a concurrent one and counts as warm-up:
 its sample is the baseline (thread pools, model caches and allocator arenas have grown to their
 working size by then). A service is **flat** when
 
-- RSS: the least-squares slope over the second half of the run (samples at or after half the
-  turns), times the turns of that half, is under ``--rss-tolerance-mb`` (default 25 MB: a leak
-  of 170 kB a turn over 150 turns would exceed it), and
+- memory: the median of the last third of the samples after the baseline exceeds the median of
+  the middle third by less than ``--rss-tolerance-mb`` (default 25 MB). A leak grows every
+  third by the same amount (a 250 kB/turn leak is 25 MB per 100 turns, so a 300-turn run catches
+  it, a 1,000-turn run one of 75 kB/turn); a cache or arena that fills up to its bound levels
+  off and leaves the last third where the middle one was. Medians, because allocator noise
+  (the LLM's moves ±30 MB from round to round as session snapshots come and go) would make
+  single samples or a fitted slope flag a plateau. The least-squares slope over the samples
+  after the baseline is reported as kB/turn for reading, not judged.
 - FDs: no sample after the baseline exceeds the baseline by more than ``--fd-tolerance``
   (default 0), and the last sample is back at (or below) the baseline.
 
@@ -66,21 +72,30 @@ def slope(xs: Sequence[float], ys: Sequence[float]) -> float:
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var if var else 0.0
 
 
+def _median(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
 def analyse(
     samples: Sequence[dict[str, Any]], rss_tolerance_mb: float | Mapping[str, float], fd_tolerance: int
 ) -> dict[str, dict[str, Any]]:
-    """Per service: start → end, the second half's fitted RSS growth and the FD verdict.
-    ``samples``: {"turns": n, "services": {name: {"rss_mb", "fds"}}}, the first the baseline.
-    ``rss_tolerance_mb``: one bound for every service, or one per service name."""
+    """Per service: start → end, the plateau check and the FD verdict.
+    ``samples``: {"turns": n, "services": {name: {"rss_mb", "anon_mb", "fds"}}}, the first the
+    baseline. ``rss_tolerance_mb``: one bound for every service, or one per service name."""
     base, last = samples[0], samples[-1]
-    half = last["turns"] / 2
-    second = [s for s in samples if s["turns"] >= half] or [last]
+    after = list(samples[1:]) or [last]
+    third = max(1, len(after) // 3)
+    middle, final = after[third : len(after) - third] or after[:1], after[-third:]
     out: dict[str, dict[str, Any]] = {}
     for name in base["services"]:
-        xs = [float(s["turns"]) for s in second]
-        rss = [float(s["services"][name]["rss_mb"]) for s in second]
+
+        def anon(group: Sequence[dict[str, Any]], name: str = name) -> list[float]:
+            return [float(s["services"][name]["anon_mb"]) for s in group]
+
+        growth = _median(anon(final)) - _median(anon(middle))
         fds = [int(s["services"][name]["fds"]) for s in samples]
-        growth = slope(xs, rss) * (xs[-1] - xs[0])
         base_fds = fds[0]
         tolerance = rss_tolerance_mb if isinstance(rss_tolerance_mb, int | float) else rss_tolerance_mb[name]
         rss_flat = growth < tolerance
@@ -88,8 +103,11 @@ def analyse(
         out[name] = {
             "rss_start_mb": round(base["services"][name]["rss_mb"], 1),
             "rss_end_mb": round(last["services"][name]["rss_mb"], 1),
-            "rss_second_half_growth_mb": round(growth, 2),
-            "rss_second_half_kb_per_turn": round(slope(xs, rss) * 1024, 2),
+            "anon_start_mb": round(base["services"][name]["anon_mb"], 1),
+            "anon_max_mb": round(max(anon(samples)), 1),
+            "anon_end_mb": round(last["services"][name]["anon_mb"], 1),
+            "anon_last_third_growth_mb": round(growth, 2),
+            "anon_kb_per_turn": round(slope([float(s["turns"]) for s in after], anon(after)) * 1024, 2),
             "rss_tolerance_mb": tolerance,
             "fds_start": base_fds,
             "fds_max": max(fds),
@@ -145,7 +163,7 @@ async def run(
     samples: list[dict[str, Any]] = []
     rounds = 0
     t0 = time.monotonic()
-    while len(done) < turns or len(samples) < 3:
+    while len(done) < turns or len(samples) < 4:  # the baseline and three after it
         # Concurrent rounds first (the warm-up baseline) and then every third round.
         width = concurrent if rounds % 3 == 0 else 1
         langs = ["en" if (rounds + k) % 2 == 0 else "fr" for k in range(width)]
@@ -168,7 +186,7 @@ async def run(
         )
         print(
             f"round {rounds:3d} ({width} session{'s' if width > 1 else ''}): {len(done):4d} turns  "
-            + "  ".join(f"{n} {s.rss_mb:.0f}MB/{s.fds}fd" for n, s in stats.items()),
+            + "  ".join(f"{n} {s.anon_mb:.0f}MB/{s.fds}fd" for n, s in stats.items()),
             flush=True,
         )
     await channel.close()
@@ -185,7 +203,7 @@ async def run(
         "spoken_turns": sum(t.kind == "spoken" for t in done),
         "typed_turns": sum(t.kind == "typed" for t in done),
         "tolerance": {
-            "rss_second_half_growth_mb": rss_tolerance_mb,
+            "anon_last_third_growth_mb": rss_tolerance_mb,
             "fds_above_baseline": fd_tolerance,
         },
         "flat": flat,
@@ -204,7 +222,7 @@ async def run(
         errors_by_kind=summary["errors_by_kind"],
         flat=flat,
         services={
-            n: {k: s[k] for k in ("rss_start_mb", "rss_end_mb", "rss_second_half_growth_mb", "fds_start", "fds_end")}
+            n: {k: s[k] for k in ("anon_start_mb", "anon_end_mb", "anon_last_third_growth_mb", "fds_start", "fds_end")}
             for n, s in services.items()
         },
     )
@@ -239,8 +257,9 @@ def main() -> None:
     args.out.write_text(json.dumps(report, indent=2))
     for name, s in report["services"].items():
         print(
-            f"{name:12} RSS {s['rss_start_mb']} -> {s['rss_end_mb']} MB "
-            f"(second half {s['rss_second_half_growth_mb']:+} MB)  FDs {s['fds_start']} -> {s['fds_end']} "
+            f"{name:12} RSS {s['rss_start_mb']} -> {s['rss_end_mb']} MB, private {s['anon_start_mb']} -> "
+            f"{s['anon_end_mb']} MB (max {s['anon_max_mb']}; last third {s['anon_last_third_growth_mb']:+} MB, "
+            f"{s['anon_kb_per_turn']:+} kB/turn)  FDs {s['fds_start']} -> {s['fds_end']} "
             f"(max {s['fds_max']})  {'flat' if s['flat'] else 'NOT FLAT'}"
         )
     print(f"{report['turns']} turns, {report['lost']} lost, {report['errors']} errors; report: {args.out}")

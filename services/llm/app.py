@@ -46,6 +46,7 @@ def build_backend(name: str, settings: LlmSettings) -> Backend:
             n_gpu_layers=-1 if placement.device == "cuda" else 0,
             max_waiting=lc.max_waiting,
             session_snapshots=lc.session_snapshots,
+            session_snapshot_bytes=lc.session_snapshot_mb * 2**20,
         )
     raise ValueError(f"unknown backend {name!r}")
 

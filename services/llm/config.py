@@ -68,6 +68,10 @@ class LlamaCppSettings(BaseModel):
     session_snapshots: int = Field(default=4, ge=0)
     """KV-cache snapshots kept for recent sessions, so alternating conversations do not
     re-read their whole history; 0 keeps only the live cache (the last conversation)."""
+    session_snapshot_mb: int = Field(default=256, ge=0)
+    """Memory the snapshots may take together (the oldest go first). A snapshot holds the KV
+    cache of the tokens a session has read: about 28 kB a token for the default 1.5B model,
+    so 256 MB holds four sessions at the default history bound (1,500 tokens plus answer)."""
 
 
 class SessionSettings(BaseModel):

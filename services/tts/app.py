@@ -30,7 +30,13 @@ class TtsApp:
         if engines is None:
             placement = resolve_placement(settings.device)
             engines = [
-                PiperEngine(ModelStore(settings.model_dir), placement, settings.device.threads, settings.piper_gain),
+                PiperEngine(
+                    ModelStore(settings.model_dir),
+                    placement,
+                    settings.device.threads,
+                    settings.piper_gain,
+                    warm_chars=settings.split.max_chars,
+                ),
                 EspeakEngine(timeout_seconds=settings.espeak_timeout_seconds),
             ]
         self.registry = VoiceRegistry(engines, settings.chains, settings.default_language)

@@ -87,6 +87,30 @@ async def test_interleaved_sessions_keep_their_cache(smol: LlamaCppBackend) -> N
     assert finish.prompt_tokens_evaluated < 25 < finish.prompt_tokens
 
 
+async def test_snapshots_stay_within_their_memory_budget(smol: LlamaCppBackend) -> None:
+    """The oldest snapshots go once the saved caches would pass ``session_snapshot_bytes``."""
+
+    async def turn(key: str, question: str) -> None:
+        messages = [ChatMessage("system", "You are brief."), ChatMessage("user", question)]
+        async for _ in smol.stream(messages, GenerationParams(4, 0.0, "en", key)):
+            pass
+
+    budget = smol.session_snapshot_bytes
+    try:
+        await smol.reset_cache()
+        await turn("m1", "Tell me about the sea and its many colours.")
+        await turn("m2", "Name a fruit that is yellow and long.")  # saves m1
+        one = smol.snapshot_bytes
+        assert one > 0
+        smol.session_snapshot_bytes = int(one * 1.5)  # room for one snapshot, not two
+        await turn("m3", "What colour is the sky on a clear day?")  # saves m2: m1 must go
+        assert 0 < smol.snapshot_bytes <= smol.session_snapshot_bytes
+        assert list(smol._snapshots) == ["m2"]
+    finally:
+        smol.session_snapshot_bytes = budget
+        await smol.reset_cache()
+
+
 async def test_cancel_mid_stream_stops_generation(served: Served, smol: LlamaCppBackend) -> None:
     request = llm_pb2.GenerateRequest(
         text=LONG, session_id="cancel", options=llm_pb2.GenerationOptions(max_tokens=1000, temperature=0.0)

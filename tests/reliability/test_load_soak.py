@@ -57,23 +57,14 @@ async def test_load_levels_1_and_3(fleet: Fleet) -> None:
 async def test_soak_stays_flat(fleet: Fleet) -> None:
     """18 turns (typed, one spoken in five) in sessions of three: two at once, one, one, two at
     once (the first round is the baseline). No turn lost, no error, descriptors back at the
-    baseline after every round, RSS growth over the second half under 25 MB per service, TTS
-    under 64 MB: ONNX Runtime's CPU arena grows to the longest clause synthesized so far and
-    never shrinks, and in runs this short it grew 29-39 MB before levelling off (the full
-    ``bench.soak``, whose second half starts later, holds it to 25 MB too)."""
-    report = await soak.run(
-        fleet,
-        15,
-        per_session=3,
-        concurrent=2,
-        spoken_every=5,
-        rss_tolerance_mb={"stt": 25.0, "llm": 25.0, "tts": 64.0, "orchestrator": 25.0},
-        ledger_name="ci: soak",
-        warm=False,
-    )
+    baseline after every round, private memory of the last round within 25 MB of the middle
+    ones for every service. The TTS passes only because its voices are warmed with the
+    longest clause at start-up: before that, ONNX Runtime's arena stepped up 29-39 MB in runs
+    this short. The full ``bench.soak`` runs hundreds of turns with the same verdict."""
+    report = await soak.run(fleet, 15, per_session=3, concurrent=2, spoken_every=5, ledger_name="ci: soak", warm=False)
     _check_turns(report)
     assert report["turns"] >= 15 and report["spoken_turns"] >= 2, (report["turns"], report["spoken_turns"])
     assert report["errors"] == 0, report["errors_by_kind"]
     for name, s in report["services"].items():
         assert s["fds_flat"], f"{name}: descriptors {s['fds_start']} -> max {s['fds_max']}, end {s['fds_end']}"
-        assert s["rss_flat"], f"{name}: RSS grew {s['rss_second_half_growth_mb']} MB over the second half"
+        assert s["rss_flat"], f"{name}: private memory grew {s['anon_last_third_growth_mb']} MB in the last third"

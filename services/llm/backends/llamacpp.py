@@ -80,6 +80,7 @@ class LlamaCppBackend:
         n_gpu_layers: int = 0,
         max_waiting: int = 4,
         session_snapshots: int = 4,
+        session_snapshot_bytes: int = 256 * 2**20,
     ) -> None:
         self.model = model_name
         self.model_path = model_path
@@ -89,6 +90,7 @@ class LlamaCppBackend:
         self.n_gpu_layers = n_gpu_layers
         self.max_waiting = max_waiting
         self.session_snapshots = session_snapshots
+        self.session_snapshot_bytes = session_snapshot_bytes
         self.last_run: RunStats | None = None
         self._llm: Any = None
         self._formatter: Any = None
@@ -147,6 +149,11 @@ class LlamaCppBackend:
     def running(self) -> bool:
         """True while a worker thread is generating."""
         return self._running.is_set()
+
+    @property
+    def snapshot_bytes(self) -> int:
+        """Memory held by the saved session snapshots."""
+        return sum(len(s.state) for s in self._snapshots.values())
 
     def count_tokens(self, text: str) -> int:
         """Tokens of ``text`` for this model (tokenising only reads the vocabulary: thread-safe)."""
@@ -335,7 +342,7 @@ class LlamaCppBackend:
                 llm.input_ids[: llm.n_tokens].tolist(), bytes(memoryview(buf)[: int(written)])
             )
             self._snapshots.move_to_end(self._live_key)
-            while len(self._snapshots) > self.session_snapshots:
+            while len(self._snapshots) > self.session_snapshots or self.snapshot_bytes > self.session_snapshot_bytes:
                 self._snapshots.popitem(last=False)
         self._live_key = key
         snap = self._snapshots.pop(key, None) if key is not None else None

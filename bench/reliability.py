@@ -1,7 +1,8 @@
 """The reliability suite: load, faults, bad input, soak and security, as one command and one table.
 
 ``python -m bench.reliability``            the CI-sized suite (tests/reliability), then the table
-``python -m bench.reliability --full``     also the full load levels and the long soak (bench.load, bench.soak)
+``python -m bench.reliability --full``     also the full load levels and the long soak (bench.load, bench.soak;
+                                          ``--soak-turns 1000`` for a longer soak than its 300)
 ``python -m bench.reliability --table-only``  rebuild docs/RELIABILITY.md from the last records
 
 Every check writes its outcome to the ledger (tests/reliability/ledger.py, JSON lines under
@@ -82,6 +83,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.reliability", description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="also run bench.load and bench.soak at full size")
+    parser.add_argument("--soak-turns", type=int, default=300, help="turns of the full soak (with --full)")
     parser.add_argument("--table-only", action="store_true", help="only rebuild the table from the ledger")
     args = parser.parse_args()
     rc = 0
@@ -89,8 +91,8 @@ def main() -> int:
         shutil.rmtree(LEDGER_DIR, ignore_errors=True)  # this run's records only
         rc = subprocess.call([sys.executable, "-m", "pytest", "-q", "tests/reliability"], cwd=REPO)
         if args.full:
-            for module in ("bench.load", "bench.soak"):
-                rc = subprocess.call([sys.executable, "-m", module], cwd=REPO) or rc
+            for command in (["bench.load"], ["bench.soak", "--turns", str(args.soak_turns)]):
+                rc = subprocess.call([sys.executable, "-m", *command], cwd=REPO) or rc
     rows = read_all()
     if not rows:
         print(f"no records under {LEDGER_DIR}: run the suite first", file=sys.stderr)

@@ -74,6 +74,10 @@ class SpeechEnded:
     at_sample: int
     """Stream sample at which the end was detected."""
     reason: EndReason
+    voice_end_sample: int
+    """Stream sample at which the voice stopped: the end of the last window heard as speech.
+    ``end_sample`` runs on by the pause decoded with it (``speculative_pause_ms``), so this is
+    the end of speech a listener would name, and what latency is measured from."""
 
 
 EndpointEvent = SpeechStarted | Paused | Resumed | SpeechEnded
@@ -232,7 +236,8 @@ class Endpointer:
         self._pre.clear()
         for w in tail[-self.pre_roll_windows :] if self.pre_roll_windows else []:
             self._pre.append(w)
-        event = SpeechEnded(self.utterances, audio, start, end, self._samples, reason)
+        voice_end = min(end, start + self._voiced_windows * WINDOW) if reason == "silence" else end
+        event = SpeechEnded(self.utterances, audio, start, end, self._samples, reason, voice_end)
         self._utt = None
         self._probs = []
         self._silence = 0
@@ -467,7 +472,9 @@ class StreamSession:
             self._out.put_nowait(error or RuntimeError("final decode produced nothing"))
             return
         EOS_TO_FINAL.observe(time.perf_counter() - ended_at)
-        self._out.put_nowait(self._result(rec.transcript, True, ended.utterance, ended.start_sample, ended.end_sample))
+        self._out.put_nowait(
+            self._result(rec.transcript, True, ended.utterance, ended.start_sample, ended.voice_end_sample)
+        )
 
     def _result(self, t: Transcript, final: bool, utterance: int, start: int, end: int) -> StreamResult:
         offset = start / SPEECH_RATE

@@ -47,6 +47,7 @@ def test_short_pause_speculates_then_resumes_and_the_final_slice_matches(short_p
     assert np.array_equal(last_pause.audio, ended.audio)
     # End detected 300 ms (rounded up to 32 ms windows) after the voice stopped.
     voice_end = ended.end_sample - 5 * WINDOW
+    assert ended.voice_end_sample == voice_end  # the decoded slice runs on by the 160 ms pause
     assert 0.3 <= (ended.at_sample - voice_end) / 16000 <= 0.3 + 0.032
 
 

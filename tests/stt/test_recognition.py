@@ -66,7 +66,9 @@ async def test_english_stream_is_word_correct_with_interims_first_and_final_in_t
     assert len(final.words) == len(final.transcript.split())
     starts = [w.start_seconds for w in final.words]
     assert starts == sorted(starts)
-    assert final.start_seconds <= starts[0] and final.words[-1].end_seconds <= final.end_seconds + 0.05
+    # The utterance ends where the voice stopped; the decoded audio runs on by the 160 ms
+    # speculative pause, so a word may end up to that much later in Whisper's timing.
+    assert final.start_seconds <= starts[0] and final.words[-1].end_seconds <= final.end_seconds + 0.2
     assert final.start_seconds < lead + 0.2 and abs(final.end_seconds - speech_end) < 0.5
     # Latency budget: the configured silence (300 ms), the decode, and one chunk plus VAD
     # window of detection granularity with scheduling slack.

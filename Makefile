@@ -54,7 +54,7 @@ bench: proto ## benchmarks; JSON reports under reports/
 	$(PY) -m bench
 
 reliability: proto ## load, faults, bad input, soak, security: CI-sized run and docs/RELIABILITY.md (FULL=1: full load and soak)
-	$(PY) -m bench.reliability $(if $(FULL),--full,)
+	$(PY) -m bench.reliability $(if $(FULL),--full,) $(if $(SOAK_TURNS),--soak-turns $(SOAK_TURNS),)
 
 run: install ## the conversation: a live one with a microphone, else the demo on bundled audio
 	$(PY) -m client.run

@@ -18,6 +18,7 @@ from services.orchestrator.servicer import OrchestratorServicer
 from services.runtime import healthcheck
 from services.runtime.channel import open_channel
 from services.runtime.logging import get_logger
+from services.runtime.resilience import Breakers
 
 log = get_logger(__name__)
 SERVICE = orchestrator_pb2.DESCRIPTOR.services_by_name["OrchestratorService"].full_name
@@ -39,6 +40,7 @@ class OrchestratorApp:
             stt=stt_pb2_grpc.SttServiceStub(self.channels["stt"]),
             llm=llm_pb2_grpc.LlmServiceStub(self.channels["llm"]),
             tts=tts_pb2_grpc.TtsServiceStub(self.channels["tts"]),
+            breakers=Breakers("orchestrator", settings.breaker_threshold, settings.breaker_ttl_seconds),
         )
         self.servicer = OrchestratorServicer(self.stubs, settings)
 

@@ -60,3 +60,10 @@ class OrchestratorSettings(ServiceSettings):
     """Conversations at once; more get RESOURCE_EXHAUSTED."""
     stt_reconnect_max_seconds: float = Field(default=5.0, gt=0)
     """Longest pause between attempts to reopen a broken speech-to-text stream."""
+    breaker_threshold: int = Field(default=3, ge=1)
+    """Consecutive outages (UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL, UNKNOWN) of the LLM or TTS
+    service that open its circuit breaker: turns then degrade at once (canned reply, or text
+    only) instead of each waiting for a deadline on a service that is down or hanging."""
+    breaker_ttl_seconds: float = Field(default=10.0, gt=0)
+    """How long an open breaker skips its service before one turn probes it again. Short: a
+    restarted service is back within seconds (the STT stream reconnects with its own backoff)."""

@@ -24,9 +24,9 @@ import contextlib
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 import structlog
@@ -41,6 +41,7 @@ from services.orchestrator.config import OrchestratorSettings
 from services.runtime.audio import PCM16_WIDTH, SPEECH_RATE, check_input_rate
 from services.runtime.errors import FailedPrecondition, InvalidArgument
 from services.runtime.logging import get_logger
+from services.runtime.resilience import BreakerOpen, Breakers
 
 log = get_logger(__name__)
 
@@ -61,6 +62,13 @@ SESSION_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
 MAX_TEXT_TURN_CHARS = 2000
 STAGE_NAMES = {pb.STAGE_STT: "stt", pb.STAGE_LLM: "llm", pb.STAGE_TTS: "tts", pb.STAGE_ORCHESTRATOR: "orchestrator"}
 
+# Status codes that say a service (or the way to it) is down or sick: they count against its
+# breaker. The others (a request it refused, a busy model, a turn cancelled by a barge-in)
+# say nothing about its health.
+OUTAGE_CODES = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
+)
+
 CANNED = {
     "fr": "Désolé, le modèle de langage est indisponible pour le moment. Vous avez dit : {text}",
     "en": "Sorry, the language model is unavailable right now. You said: {text}",
@@ -69,11 +77,41 @@ CANNED = {
 
 @dataclass
 class Stubs:
-    """Clients of the three services."""
+    """Clients of the three services, and the breakers of the two a turn calls (shared by
+    every session: one outage opens them for all)."""
 
     stt: stt_pb2_grpc.SttServiceAsyncStub
     llm: llm_pb2_grpc.LlmServiceAsyncStub
     tts: tts_pb2_grpc.TtsServiceAsyncStub
+    breakers: Breakers = field(default_factory=lambda: Breakers("orchestrator"))
+
+
+class _Failed(NamedTuple):
+    """Why a stage call failed: a status from the service, or its breaker standing open."""
+
+    code: str
+    details: str
+
+
+async def _guarded(breakers: Breakers, name: str, call: Callable[[], Awaitable[None]]) -> _Failed | None:
+    """Runs ``call`` under the service's breaker. Outages count against it; a breaker that
+    stands open fails at once without calling. Returns what went wrong, or None."""
+    try:
+        async with await breakers.guard(name):
+            try:
+                await call()
+            except grpc.aio.AioRpcError as err:
+                if err.code() in OUTAGE_CODES:
+                    raise
+                return _Failed(err.code().name, err.details() or "")
+    except BreakerOpen:
+        return _Failed(
+            "UNAVAILABLE",
+            f"{name} service not called: its circuit breaker is open, one turn retries it every {breakers.ttl:g} s",
+        )
+    except grpc.aio.AioRpcError as err:
+        return _Failed(err.code().name, err.details() or "")
+    return None
 
 
 @dataclass
@@ -511,7 +549,8 @@ class Conversation:
             text=turn.text,
             options=llm_pb2.GenerationOptions(language=self.s.language, system_prompt=self.s.persona),
         )
-        try:
+
+        async def stream() -> None:
             async for r in self.stubs.llm.Generate(request, timeout=self.settings.llm_timeout_seconds):
                 if r.WhichOneof("response") == "delta" and r.delta:
                     turn.mark("first_token", time.monotonic())
@@ -528,22 +567,25 @@ class Conversation:
                         code="UNAVAILABLE",
                         turn=turn,
                     )
-        except grpc.aio.AioRpcError as err:
-            cut_short = bool(turn.reply)
-            if not cut_short:  # nothing said yet: answer with the fallback reply ourselves
-                canned = CANNED.get(self.s.language, CANNED["en"]).format(text=turn.text)
-                turn.mark("first_token", time.monotonic())
-                turn.reply.append(canned)
-                self.emit(turn.turn_id, reply_text=pb.ReplyText(delta=canned))
-                text_q.put_nowait(canned)
-            self.stage_error(
-                pb.STAGE_LLM,
-                f"language model service failed ({err.details()}); "
-                + ("the answer was cut short" if cut_short else "a fallback reply was given"),
-                degraded=True,
-                code=err.code().name,
-                turn=turn,
-            )
+
+        try:
+            failed = await _guarded(self.stubs.breakers, "llm", stream)
+            if failed is not None:
+                cut_short = bool(turn.reply)
+                if not cut_short:  # nothing said yet: answer with the fallback reply ourselves
+                    canned = CANNED.get(self.s.language, CANNED["en"]).format(text=turn.text)
+                    turn.mark("first_token", time.monotonic())
+                    turn.reply.append(canned)
+                    self.emit(turn.turn_id, reply_text=pb.ReplyText(delta=canned))
+                    text_q.put_nowait(canned)
+                self.stage_error(
+                    pb.STAGE_LLM,
+                    f"language model service failed ({failed.details}); "
+                    + ("the answer was cut short" if cut_short else "a fallback reply was given"),
+                    degraded=True,
+                    code=failed.code,
+                    turn=turn,
+                )
         finally:
             text_q.put_nowait(None)
 
@@ -561,7 +603,9 @@ class Conversation:
     async def _speak(self, turn: Turn, text_q: asyncio.Queue[str | None]) -> None:
         """TTS audio → client, clause by clause, closing the microphone gate on the first."""
         warned_voice = False
-        try:
+
+        async def stream() -> None:
+            nonlocal warned_voice
             # The stream opens with the turn and is fed by the LLM, so its deadline spans the
             # LLM's too: a canned reply after an LLM timeout is still spoken.
             call = self.stubs.tts.StreamingSynthesize(
@@ -594,14 +638,16 @@ class Conversation:
                         code="UNAVAILABLE",
                         turn=turn,
                     )
-        except grpc.aio.AioRpcError as err:
+
+        failed = await _guarded(self.stubs.breakers, "tts", stream)
+        if failed is not None:
             # The LLM side keeps streaming text to the client; its queue is unbounded, so
             # nobody needs to drain it.
             self.stage_error(
                 pb.STAGE_TTS,
-                f"speech synthesis failed ({err.details()}); the answer was sent as text only",
+                f"speech synthesis failed ({failed.details}); the answer was sent as text only",
                 degraded=True,
-                code=err.code().name,
+                code=failed.code,
                 turn=turn,
             )
 

@@ -1,5 +1,5 @@
-"""Faults, measured: services killed with -9 and restarted mid-conversation, breakers across
-an Ollama outage, slow / blackholed / reset links between the orchestrator and each service,
+"""Faults, measured: services killed with -9 and restarted mid-conversation (the
+orchestrator's breakers opening and closing), breakers across an Ollama outage, slow / blackholed / reset links between the orchestrator and each service,
 and model files missing at start-up. Every test records its outcome in the reliability
 ledger (``python -m bench.reliability`` builds docs/RELIABILITY.md from it).
 
@@ -54,6 +54,7 @@ CANNED_EN = "Sorry, the language model is unavailable right now."
 LLM_DEADLINE = 4.0
 TTS_DEADLINE = 4.0
 KEEPALIVE = (5.0, 2.0)
+ORCH_BREAKER_TTL = 2.0  # the orchestrator's breakers probe a failed service again after this
 RETRY_PAUSE = 0.25  # between a client's turns while a stage recovers (a degraded turn can take 10 ms)  # ping every 5 s, dead after 2 s without an answer
 
 
@@ -94,6 +95,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
                 "LLM_LLAMACPP__THREADS": "1",
                 "LLM_MAX_TOKENS": "24",
             },
+            "orchestrator": {"ORCH_BREAKER_THRESHOLD": "3", "ORCH_BREAKER_TTL_SECONDS": str(ORCH_BREAKER_TTL)},
         },
         log_dir=tmp_path_factory.mktemp("fleet"),
         ready_timeout=300,
@@ -187,6 +189,47 @@ async def orch(fleet: Fleet) -> AsyncIterator[orchestrator_pb2_grpc.Orchestrator
         yield orchestrator_pb2_grpc.OrchestratorServiceStub(channel)
 
 
+async def orchestrator_breaker(fleet: Fleet, service: str) -> float | None:
+    """parole_breaker_state of the orchestrator's breaker for ``service`` (0 closed, 1 open,
+    2 half-open), from its /metrics; None before the breaker has been used."""
+    port = next(spec.metrics_port for spec in fleet.specs if spec.name == "orchestrator")
+    url = f"http://127.0.0.1:{port}/metrics"
+    text = await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read().decode())
+    match = re.search(rf'^parole_breaker_state\{{engine="{service}",service="orchestrator"\}} (\S+)$', text, re.M)
+    return float(match.group(1)) if match else None
+
+
+async def outage_turns(s: Session, stage: int, text: str = "Say hello.") -> tuple[list[Answer], Answer]:
+    """Turns while ``stage``'s service is down: one per failure the breaker counts, each
+    degraded with UNAVAILABLE from the call itself, then one the open breaker answers without
+    calling. Returns both."""
+    failed = []
+    for _ in range(3):  # ORCH_BREAKER_THRESHOLD
+        down = await text_turn(s, text)
+        assert [(e.stage, e.degraded, e.code) for e in down.errors] == [(stage, True, "UNAVAILABLE")], down.errors
+        assert "circuit breaker" not in down.errors[0].message
+        failed.append(down)
+    skipped = await text_turn(s, text)
+    assert [(e.stage, e.degraded, e.code) for e in skipped.errors] == [(stage, True, "UNAVAILABLE")], skipped.errors
+    assert "circuit breaker is open" in skipped.errors[0].message, skipped.errors[0].message
+    return failed, skipped
+
+
+async def recover(fleet: Fleet, s: Session, name: str) -> tuple[Answer, int, float, float]:
+    """Restarts ``name`` and talks until a clean turn: the breaker's half-open probe reaches
+    the restarted service and closes it. The clean answer, degraded turns on the way, the
+    restart's and the recovery's seconds."""
+    child = fleet.restart(name)
+    up_at = time.monotonic()
+    degraded = 0
+    while not (ans := await text_turn(s)).clean:
+        degraded += 1
+        await asyncio.sleep(RETRY_PAUSE)
+        assert time.monotonic() - up_at < 30, f"the orchestrator never used the restarted {name}"
+    assert await orchestrator_breaker(fleet, name) == 0.0, "the breaker did not close after a clean turn"
+    return ans, degraded, child.serving_after or 0.0, time.monotonic() - up_at
+
+
 def kill(fleet: Fleet, name: str) -> float:
     process = fleet.children[name].process
     process.kill()  # SIGKILL: no grace, no goodbye
@@ -231,61 +274,56 @@ async def test_stt_killed_mid_conversation_the_same_session_hears_again(
         )
 
 
-async def test_llm_killed_mid_conversation_degrades_then_recovers(
+async def test_llm_killed_mid_conversation_degrades_breaker_opens_then_recovers(
     fleet: Fleet, orch: orchestrator_pb2_grpc.OrchestratorServiceAsyncStub
 ) -> None:
     with fault("kill -9 llm mid-conversation, restart", "SIGKILL to the LLM process between two turns") as out:
         s = Session(orch, session_config())
         assert (await text_turn(s)).clean
+        assert await orchestrator_breaker(fleet, "llm") == 0.0
         kill(fleet, "llm")
-        down = await text_turn(s, "What is the capital of France?")
-        assert [(e.stage, e.degraded, e.code) for e in down.errors] == [(pb.STAGE_LLM, True, "UNAVAILABLE")]
-        assert down.latency.reply_text.startswith(CANNED_EN) and "capital of France" in down.latency.reply_text
-        assert down.audio_bytes > 0 and list(down.latency.degraded_stages) == [pb.STAGE_LLM]
-        child = fleet.restart("llm")
-        up_at = time.monotonic()
-        degraded_after = 0
-        while not (ans := await text_turn(s)).clean:
-            degraded_after += 1
-            await asyncio.sleep(RETRY_PAUSE)
-            assert time.monotonic() - up_at < 30, "the orchestrator never used the restarted LLM"
-        recovery = time.monotonic() - up_at
+        failed, skipped = await outage_turns(s, pb.STAGE_LLM, "What is the capital of France?")
+        for down in (*failed, skipped):  # every turn of the outage is still answered out loud
+            assert down.latency.reply_text.startswith(CANNED_EN) and "capital of France" in down.latency.reply_text
+            assert down.audio_bytes > 0 and list(down.latency.degraded_stages) == [pb.STAGE_LLM]
+        assert await orchestrator_breaker(fleet, "llm") == 1.0
+        ans, degraded_after, restart, recovery = await recover(fleet, s, "llm")
         await s.close()
         assert s.error is None
         out.details.update(
-            seen="the turn during the outage got the canned reply out loud + StageError(LLM, degraded); "
-            "the next turns in the same session were answered by the model again",
-            restart_seconds=round(child.serving_after or 0, 2),
+            seen="every turn during the outage got the canned reply out loud + StageError(LLM, degraded); "
+            "the orchestrator's LLM breaker opened after 3 (parole_breaker_state=1) and the next turn "
+            f"skipped the call; after the restart its half-open probe ({ORCH_BREAKER_TTL:g} s TTL) "
+            "closed it and the same session was answered by the model again",
+            restart_seconds=round(restart, 2),
             recovery_seconds=round(recovery, 2),
             degraded_turns_after_restart=degraded_after,
+            failed_call_seconds=round(max(d.seconds for d in failed), 2),
+            skipped_call_seconds=round(skipped.seconds, 2),
             first_token_after_restart=round(ans.latency.first_token_seconds, 2),
         )
 
 
-async def test_tts_killed_mid_conversation_text_only_then_recovers(
+async def test_tts_killed_mid_conversation_text_only_breaker_opens_then_recovers(
     fleet: Fleet, orch: orchestrator_pb2_grpc.OrchestratorServiceAsyncStub
 ) -> None:
     with fault("kill -9 tts mid-conversation, restart", "SIGKILL to the TTS process between two turns") as out:
         s = Session(orch, session_config())
         assert (await text_turn(s)).clean
         kill(fleet, "tts")
-        down = await text_turn(s)
-        assert [(e.stage, e.degraded, e.code) for e in down.errors] == [(pb.STAGE_TTS, True, "UNAVAILABLE")]
-        assert down.audio_bytes == 0 and down.latency.reply_text and not down.latency.reply_text.startswith(CANNED_EN)
-        child = fleet.restart("tts")
-        up_at = time.monotonic()
-        degraded_after = 0
-        while not (await text_turn(s)).clean:
-            degraded_after += 1
-            await asyncio.sleep(RETRY_PAUSE)
-            assert time.monotonic() - up_at < 30, "the orchestrator never used the restarted TTS"
-        recovery = time.monotonic() - up_at
+        failed, skipped = await outage_turns(s, pb.STAGE_TTS)
+        for down in (*failed, skipped):  # the model's answer, as text
+            assert down.audio_bytes == 0 and down.latency.reply_text
+            assert not down.latency.reply_text.startswith(CANNED_EN)
+        assert await orchestrator_breaker(fleet, "tts") == 1.0
+        _, degraded_after, restart, recovery = await recover(fleet, s, "tts")
         await s.close()
         assert s.error is None
         out.details.update(
-            seen="the turn during the outage came as text only + StageError(TTS, degraded); "
-            "the next turns in the same session were spoken again",
-            restart_seconds=round(child.serving_after or 0, 2),
+            seen="every turn during the outage came as text only + StageError(TTS, degraded); the "
+            "orchestrator's TTS breaker opened after 3 and the next turn skipped the call; after the "
+            "restart its half-open probe closed it and the same session was spoken to again",
+            restart_seconds=round(restart, 2),
             recovery_seconds=round(recovery, 2),
             degraded_turns_after_restart=degraded_after,
         )

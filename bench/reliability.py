@@ -35,7 +35,7 @@ FIXED = ("category", "name", "passed", "lost", "at")
 KEYS = ("examples", "turns", "errors", "p50_s", "p95_s", "p99_s", "recovery_s", "codes", "rss_growth_mb", "fd_growth")
 
 
-def _detail(row: dict[str, Any], limit: int = 240) -> str:
+def _detail(row: dict[str, Any], limit: int = 400) -> str:
     """The record's own details: the usual keys first, then whatever else the check recorded."""
     rest = [k for k in row if k not in (*KEYS, *FIXED)]
     parts = [f"{k}={_short(row[k])}" for k in (*[k for k in KEYS if k in row], *rest)]
@@ -44,7 +44,18 @@ def _detail(row: dict[str, Any], limit: int = 240) -> str:
 
 
 def _short(value: Any) -> str:
+    if isinstance(value, dict) and value and all(isinstance(v, dict) and "anon_end_mb" in v for v in value.values()):
+        return ", ".join(f"{name} {_memory(v)}" for name, v in value.items())
     return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def _memory(s: dict[str, Any]) -> str:
+    """One service of a soak record, short enough that every service fits in the row: private
+    memory start→end, the growth the verdict judged, and file descriptors start→end."""
+    return (
+        f"{s['anon_start_mb']:.0f}→{s['anon_end_mb']:.0f} MB "
+        f"(last third {s['anon_last_third_growth_mb']:+.1f}), {s['fds_start']}→{s['fds_end']} fds"
+    )
 
 
 def table(rows: list[dict[str, Any]]) -> str:

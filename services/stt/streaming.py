@@ -41,6 +41,10 @@ def _ms_to_windows(ms: int) -> int:
     return max(1, -(-ms * SPEECH_RATE // 1000 // WINDOW))
 
 
+def _level(window: FloatAudio) -> float:
+    return float(np.dot(window, window)) / max(1, window.size)
+
+
 @dataclass(frozen=True)
 class SpeechStarted:
     utterance: int
@@ -110,7 +114,8 @@ class Endpointer:
         self._pre: deque[FloatAudio] = deque(maxlen=max(1, self.pre_roll_windows))
         self._candidate: list[FloatAudio] = []
         self._utt: list[FloatAudio] | None = None
-        self._probs: list[float] = []  # VAD probability of each window of the utterance
+        # Energy (mean square) of each window of the utterance: where a too-long one is cut.
+        self._levels: list[float] = []
         self._utt_start = 0
         self._voiced_windows = 0  # windows up to and including the last voiced one
         self._silence = 0  # silent windows since the last voiced one
@@ -160,7 +165,7 @@ class Endpointer:
         if self._utt is None:
             return self._idle(w, prob)
         self._utt.append(w)
-        self._probs.append(prob)
+        self._levels.append(_level(w))
         events: list[EndpointEvent] = []
         voiced = prob >= self.threshold or (prob >= self.neg_threshold and self._silence == 0)
         if voiced:
@@ -184,15 +189,19 @@ class Endpointer:
 
     def _cut(self) -> list[EndpointEvent]:
         """The utterance reached the cap: end it at its quietest window in the second half
-        (a breath between words, so no word is split) and go on with the rest as a new one."""
+        (a breath between words, so no word is split) and go on with the rest as a new one.
+
+        Quietest by energy, not by VAD probability: Silero's recurrent state holds the
+        probability near 1 across the short gaps of connected speech, so its minimum often
+        falls inside a word, while the signal itself drops to the noise floor between words."""
         assert self._utt is not None
-        half = len(self._probs) // 2
-        quietest = half + min(range(len(self._probs) - half), key=lambda i: self._probs[half + i])
-        rest, rest_probs = self._utt[quietest + 1 :], self._probs[quietest + 1 :]
+        half = len(self._levels) // 2
+        quietest = half + int(np.argmin(self._levels[half:]))
+        rest, rest_levels = self._utt[quietest + 1 :], self._levels[quietest + 1 :]
         del self._utt[quietest + 1 :]
         self._voiced_windows = len(self._utt)
         ended = self._end("max_length", keep_all=True)
-        self._utt, self._probs = rest, rest_probs
+        self._utt, self._levels = rest, rest_levels
         self._utt_start = ended.end_sample
         self._voiced_windows = len(rest)
         self._pre.clear()
@@ -205,7 +214,7 @@ class Endpointer:
                 first = self._samples - len(self._candidate) * WINDOW
                 pre = list(self._pre)
                 self._utt = [*pre, *self._candidate]
-                self._probs = [0.0] * len(pre) + [self.threshold] * len(self._candidate)
+                self._levels = [_level(x) for x in self._utt]
                 self._utt_start = first - len(pre) * WINDOW
                 self._voiced_windows = len(self._utt)
                 self._silence = 0
@@ -239,7 +248,7 @@ class Endpointer:
         voice_end = min(end, start + self._voiced_windows * WINDOW) if reason == "silence" else end
         event = SpeechEnded(self.utterances, audio, start, end, self._samples, reason, voice_end)
         self._utt = None
-        self._probs = []
+        self._levels = []
         self._silence = 0
         self._paused = False
         self.utterances += 1

@@ -9,6 +9,7 @@ from services.runtime.audio import Pcm, pcm16_to_float, silence
 from services.stt.config import StreamingSettings
 from services.stt.engine import SileroVad
 from services.stt.streaming import WINDOW, Endpointer, EndpointEvent, Paused, Resumed, SpeechEnded, SpeechStarted
+from tests.speech import espeak
 
 
 def trimmed(pcm: Pcm) -> np.ndarray:
@@ -77,3 +78,20 @@ def test_silence_and_end_of_stream(short_phrase: Pcm) -> None:
     assert isinstance(events[0], SpeechStarted)
     assert isinstance(events[-1], SpeechEnded) and events[-1].reason == "end_of_stream"
     assert not any(isinstance(e, Resumed) for e in events)
+
+
+def test_cap_cuts_in_the_gaps_between_words() -> None:
+    """An utterance over the cap is cut where the signal is quietest, between two words: the
+    VAD probability stays near 1 through connected speech, so its minimum often lies inside
+    one. Every cut window is far quieter than the speech around it."""
+    speech = trimmed(espeak("one two three four five six seven eight nine ten eleven twelve thirteen", "en"))
+    audio = np.concatenate([pcm16_to_float(silence(0.2)), speech, pcm16_to_float(silence(0.6))])
+    events = run(audio, StreamingSettings(max_utterance_seconds=2.0), 1600)
+    cuts = [e for e in events if isinstance(e, SpeechEnded) and e.reason == "max_length"]
+    assert len(cuts) >= 2
+    windows = speech[: speech.size - speech.size % WINDOW].reshape(-1, WINDOW)
+    typical = float(np.median(np.sqrt(np.mean(windows**2, axis=1))))
+    for cut in cuts:
+        last = audio[cut.end_sample - WINDOW : cut.end_sample]
+        assert np.sqrt(np.mean(last**2)) < 0.15 * typical, f"cut at {cut.end_sample / 16000:.2f} s is inside a word"
+        assert cut.end_sample - cut.start_sample <= 2 * 16000

@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PROTOS := $(shell find protos -name '*.proto')
 STAMP := parole/.generated
 
-.PHONY: install system-deps venv proto models lint test bench reliability run demo clean
+.PHONY: install system-deps venv lock proto models lint test bench reliability run demo clean
 
 install: system-deps venv proto models ## everything a fresh machine needs (idempotent)
 
@@ -27,7 +27,11 @@ $(PY):
 # llama.cpp is compiled from source; -DGGML_NATIVE=OFF builds portable code (the native
 # build segfaults on some CPUs with AVX512/AMX). pip caches the built wheel.
 venv: $(PY)
-	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PY) -m pip install -q -e ".[all]"
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PY) -m pip install -q -c constraints.txt -e ".[all]"
+
+lock: | $(PY) ## after a green run on newer packages: record their versions in constraints.txt
+	{ sed -n '/^#/p' constraints.txt; $(PY) -m pip freeze --exclude-editable; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
 
 proto: $(STAMP) ## gRPC stubs (with typed .pyi) from protos/ into parole/
 

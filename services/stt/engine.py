@@ -140,8 +140,10 @@ class WhisperEngine:
     def _load_sync(self) -> Any:
         from faster_whisper import WhisperModel
 
-        # Threads per worker: the cores shared out, so parallel decodes do not oversubscribe.
-        threads = self.cpu_threads or max(1, (os.cpu_count() or 1) // self.workers)
+        # Threads per worker: every core. Splitting them between workers (cores/workers) left
+        # a lone decode on a fraction of the machine; measured, sharing costs concurrent decodes
+        # nothing (see SttSettings.decode_workers).
+        threads = self.cpu_threads or os.cpu_count() or 1
         return WhisperModel(
             str(self.model_path),
             device=self.device,

@@ -4,6 +4,8 @@ keeps serving afterwards."""
 from __future__ import annotations
 
 import asyncio
+import difflib
+import re
 from collections.abc import AsyncIterator
 
 import grpc
@@ -152,9 +154,12 @@ async def test_utterance_longer_than_the_cap(
         finals = [r.result for r in responses if r.result.is_final]
         assert len(finals) >= 2
         assert all(f.end_seconds - f.start_seconds <= 2.0 + 1e-6 for f in finals)
-        heard = normalise(" ".join(f.transcript for f in finals))
-        missing = [n for n in map(str, range(1, 16)) if n not in heard]
-        assert len(missing) <= 1, f"{missing} not heard in {heard}"  # Piper's sampling varies a little
+        heard = " ".join(normalise(" ".join(f.transcript for f in finals)))
+        # Whisper writes runs of numbers as it likes ("7 8 9" or "789"), so compare the digits:
+        # all of 1..15 in order, none lost at a cut (a repeat across a cut is tolerated).
+        digits, expected = re.sub(r"\D", "", heard), "".join(map(str, range(1, 16)))
+        matched = sum(b.size for b in difflib.SequenceMatcher(None, expected, digits).get_matching_blocks())
+        assert matched == len(expected), f"lost at a cut: {heard!r}"
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await served.stub.Recognize(stt_pb2.RecognizeRequest(config=config(), audio=long_speech.data))
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "3" in (info.value.details() or "")

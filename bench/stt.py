@@ -8,6 +8,10 @@ measures per clip: end of speech → final (from sending the chunk where the voi
 receiving the final; it includes the configured 300 ms silence), the final's decode time and
 real-time factor, and word error rate against the text. Peak memory is the process's
 maximum resident set (model, VAD, gRPC, client all in one process).
+
+It also times how the decode workers share the cores (``threads``): a lone decode, and four
+decodes two at a time, with every core per worker (the default) against the cores split
+between the workers, as a ratio from the same run.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from services.runtime.config import default_model_dir
 from services.runtime.server import start_app
 from services.stt.app import SttApp
 from services.stt.config import SttServerSettings, SttSettings
+from services.stt.engine import DecodeOptions, WhisperEngine
 from tests.speech import espeak, piper_joe, real_samples
 from tests.stt.conftest import paced_requests, word_error_rate
 
@@ -101,6 +106,44 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
+async def thread_split(store: ModelStore, pcm: Pcm, workers: int, repeats: int = 3) -> dict[str, Any]:
+    """Lone-decode and concurrent-decode times with each worker on every core, then on its share."""
+    audio = np.frombuffer(pcm.data, dtype=np.int16).astype(np.float32) / 32768.0
+    cores = os.cpu_count() or 1
+    out: dict[str, Any] = {"workers": workers, "cores": cores, "speech_seconds": round(pcm.duration, 3)}
+    for label, threads in (("every_core", cores), ("split", max(1, cores // workers))):
+        engine = WhisperEngine(
+            "bench",
+            store.whisper("whisper-base"),
+            "whisper-base",
+            "cpu",
+            0,
+            "int8",
+            cpu_threads=threads,
+            workers=workers,
+        )
+        await engine.load()
+        options = DecodeOptions(language="en")
+        lone = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            await engine.transcribe(audio, options)
+            lone.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        await asyncio.gather(*(engine.transcribe(audio, options) for _ in range(2 * workers)))
+        out[label] = {
+            "threads_per_worker": threads,
+            "lone_decode_seconds": round(statistics.median(lone), 3),
+            f"{2 * workers}_decodes_wall_seconds": round(time.perf_counter() - t, 3),
+        }
+        await engine.close()
+    every, split = out["every_core"], out["split"]
+    out["lone_speedup"] = round(split["lone_decode_seconds"] / every["lone_decode_seconds"], 2)
+    key = f"{2 * workers}_decodes_wall_seconds"
+    out["concurrent_throughput_ratio"] = round(split[key] / every[key], 2)
+    return out
+
+
 async def main(interims: bool) -> dict[str, Any]:
     store = ModelStore(default_model_dir())
     data = clips(store)
@@ -155,6 +198,7 @@ async def main(interims: bool) -> dict[str, Any]:
             "mean": round(statistics.fmean(rtfs), 3),
         },
         "mean_wer": round(statistics.fmean(r["wer"] for r in rows), 3),
+        "threads": await thread_split(store, next(c[3] for c in data if c[1] == "en"), settings.decode_workers),
         # ru_maxrss is in KiB on Linux.
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "results": rows,
@@ -171,6 +215,7 @@ if __name__ == "__main__":
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     summary = {
-        k: result[k] for k in ("eos_to_final_seconds", "rtf", "mean_wer", "peak_rss_bytes", "load_and_warm_seconds")
+        k: result[k]
+        for k in ("eos_to_final_seconds", "rtf", "mean_wer", "peak_rss_bytes", "load_and_warm_seconds", "threads")
     }
     print(json.dumps(summary, indent=2))

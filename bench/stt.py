@@ -33,7 +33,7 @@ import numpy as np
 from parole.audio.v1 import audio_pb2
 from parole.stt.v1 import stt_pb2, stt_pb2_grpc
 from services.models.store import ModelStore
-from services.runtime.audio import Pcm, read_wav, resample_pcm16, silence
+from services.runtime.audio import Pcm, pcm16_to_float, read_wav, resample_pcm16, silence
 from services.runtime.config import default_model_dir
 from services.runtime.server import start_app
 from services.stt.app import SttApp
@@ -108,7 +108,7 @@ def pct(values: list[float], q: float) -> float:
 
 async def thread_split(store: ModelStore, pcm: Pcm, workers: int, repeats: int = 3) -> dict[str, Any]:
     """Lone-decode and concurrent-decode times with each worker on every core, then on its share."""
-    audio = np.frombuffer(pcm.data, dtype=np.int16).astype(np.float32) / 32768.0
+    audio = pcm16_to_float(pcm.data)
     cores = os.cpu_count() or 1
     out: dict[str, Any] = {"workers": workers, "cores": cores, "speech_seconds": round(pcm.duration, 3)}
     for label, threads in (("every_core", cores), ("split", max(1, cores // workers))):

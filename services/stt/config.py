@@ -101,9 +101,10 @@ class SttSettings(ServiceSettings):
     decode_workers: int = Field(default=2, ge=1, le=16)
     """Decodes run at once (CTranslate2 workers). Interims may hold all but one, so a final
     never waits behind an interim. On CPU each worker may use every core (``device.threads``
-    overrides): a lone decode, the usual case, then runs on all of them, and two at once share
-    them with no loss of throughput (Whisper base int8, 2-core AVX2: one decode 1.0 s on two
-    threads against 1.7 s on one; four decodes two at a time 3.6 s against 3.8 s)."""
+    overrides): a lone decode, the usual case for a voice assistant, then runs on all of them.
+    Measured by bench.stt (Whisper base int8, 2-core AVX2), against cores/workers threads: a lone
+    decode 1.2-1.9x faster; four decodes two at a time at 0.83-1.08x the throughput across runs,
+    so under full concurrency this trades up to a sixth of throughput for single-turn latency."""
     max_pending_decodes: int = Field(default=16, ge=1, le=1024)
     """Decodes running or waiting, across every stream; beyond it calls get RESOURCE_EXHAUSTED."""
     decode_timeout_base_seconds: float = Field(default=10.0, gt=0)

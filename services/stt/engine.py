@@ -141,8 +141,8 @@ class WhisperEngine:
         from faster_whisper import WhisperModel
 
         # Threads per worker: every core. Splitting them between workers (cores/workers) left
-        # a lone decode on a fraction of the machine; measured, sharing costs concurrent decodes
-        # nothing (see SttSettings.decode_workers).
+        # a lone decode on a fraction of the machine (the trade is measured in bench.stt; see
+        # SttSettings.decode_workers).
         threads = self.cpu_threads or os.cpu_count() or 1
         return WhisperModel(
             str(self.model_path),

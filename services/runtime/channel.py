@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from pydantic import BaseModel, SecretStr
+from pydantic import BaseModel, Field, SecretStr
 
 from services.runtime.config import ServerSettings
 from services.runtime.server import channel_options
@@ -34,6 +34,17 @@ class ChannelSettings(BaseModel):
     """gRPC load-balancing policy, e.g. "round_robin" with a target such as
     ``dns:///stt-headless:50051`` (a Kubernetes headless service): streams then spread over
     every replica instead of all riding the one connection. None: gRPC's default (pick_first)."""
+    reconnect_initial_seconds: float = Field(default=0.25, gt=0, le=60)
+    """First pause before the channel reconnects to a service that went away."""
+    reconnect_max_seconds: float = Field(default=2.0, gt=0, le=300)
+    """Longest pause between reconnection attempts. gRPC's own default grows to 120 s: after
+    an outage of half a minute (a restart while models load) a session would stay deaf for
+    up to a minute after the service is back. Attempts on loopback or a cluster network are
+    cheap, so a short bound costs nothing."""
+    connect_timeout_seconds: float = Field(default=5.0, gt=0, le=300)
+    """A connection attempt that gets no HTTP/2 handshake within this is abandoned and
+    retried. gRPC's default (20 s) keeps a session deaf that long after a dropped route heals,
+    because the attempt made while it was dark waits for an answer that never comes."""
 
 
 class _TokenMixin:
@@ -76,6 +87,12 @@ def token_interceptors(token: str) -> list[grpc.aio.ClientInterceptor]:
 def open_channel(settings: ChannelSettings, limits: ServerSettings | None = None) -> grpc.aio.Channel:
     """An aio channel to a service, secured as its settings say."""
     options = channel_options(limits or ServerSettings())
+    options += [
+        ("grpc.initial_reconnect_backoff_ms", int(settings.reconnect_initial_seconds * 1000)),
+        ("grpc.max_reconnect_backoff_ms", int(settings.reconnect_max_seconds * 1000)),
+        # gRPC core reads this one as the minimum connect timeout of an attempt.
+        ("grpc.min_reconnect_backoff_ms", int(settings.connect_timeout_seconds * 1000)),
+    ]
     if settings.server_name:
         options.append(("grpc.ssl_target_name_override", settings.server_name))
     if settings.load_balancing:

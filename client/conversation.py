@@ -295,6 +295,20 @@ class Conversation:
         """Asks the server to stop the current answer (push-to-talk)."""
         self._send(Request(control=orchestrator_pb2.Control(interrupt=True)))
 
+    @property
+    def ended(self) -> bool:
+        """True once the session is over: the server closed the stream, or it broke."""
+        return self._ended.is_set()
+
+    async def wait_ended(self) -> str:
+        """Waits until the session is over; returns why it failed ("" when it ended cleanly)."""
+        await self._ended.wait()
+        return self._failure_text()
+
+    def send_text(self, text: str) -> None:
+        """Queues a typed turn without waiting for its answer (``ask`` waits for it)."""
+        self._send(Request(text=text))
+
     # -- responses ----------------------------------------------------------------------------
 
     async def _read(self) -> None:

@@ -1,0 +1,139 @@
+"""The official ``openai`` SDK against the gateway, over the real fleet: transcription (plain,
+verbose, subtitles, streamed), speech that our STT reads back, chat completions and models."""
+
+from __future__ import annotations
+
+import re
+import wave
+from io import BytesIO
+from pathlib import Path
+
+import pytest
+from openai import AsyncOpenAI
+from openai.types.chat import ChatCompletionMessageParam
+
+from services.runtime.audio import read_wav_bytes
+from tests.gateway.harness import API_KEY, VOICE, GatewayFleet, word_errors, words
+
+DEMO = Path(__file__).resolve().parents[2] / "client" / "demo"
+
+
+@pytest.fixture
+def client(gw: GatewayFleet) -> AsyncOpenAI:
+    return AsyncOpenAI(base_url=gw.base_url, api_key=API_KEY, max_retries=0, timeout=120)
+
+
+async def test_transcribes_a_real_recording(client: AsyncOpenAI) -> None:
+    with (DEMO / "en-capital-france.wav").open("rb") as f:
+        result = await client.audio.transcriptions.create(model="whisper-1", file=f, language="en")
+    assert words(result.text) == ["what", "is", "the", "capital", "of", "france"]
+
+
+async def test_verbose_json_has_words_and_segments_and_srt_vtt_follow(client: AsyncOpenAI) -> None:
+    audio = (DEMO / "en-days-week.wav").read_bytes()
+    duration = len(read_wav_bytes(audio).data) / 2 / 16000
+    verbose = await client.audio.transcriptions.create(
+        model="whisper-1",
+        file=("q.wav", audio),
+        language="en",
+        response_format="verbose_json",
+        timestamp_granularities=["word", "segment"],
+    )
+    assert "days" in words(verbose.text) and verbose.language == "en"
+    assert verbose.duration == pytest.approx(duration, abs=0.01)
+    assert verbose.words and [w.word.strip(" ?.,").lower() for w in verbose.words][-3:] == ["in", "a", "week"]
+    assert all(0 <= w.start <= w.end <= duration + 0.1 for w in verbose.words)
+    assert verbose.segments and verbose.segments[0].text.lower().startswith("how many")
+    srt = await client.audio.transcriptions.create(
+        model="whisper-1", file=("q.wav", audio), language="en", response_format="srt"
+    )
+    assert re.match(r"1\n00:00:\d\d,\d{3} --> 00:00:\d\d,\d{3}\nHow many days", str(srt))
+    vtt = await client.audio.transcriptions.create(
+        model="whisper-1", file=("q.wav", audio), language="en", response_format="vtt"
+    )
+    assert str(vtt).startswith("WEBVTT\n\n00:00:") and "week" in str(vtt)
+    text = await client.audio.transcriptions.create(
+        model="whisper-1", file=("q.wav", audio), language="en", response_format="text"
+    )
+    assert "days" in words(str(text))
+
+
+async def test_transcription_streams_as_server_sent_events(client: AsyncOpenAI) -> None:
+    events = []
+    stream = await client.audio.transcriptions.create(
+        model="whisper-1", file=(DEMO / "en-two-plus-three.wav").open("rb"), language="en", stream=True
+    )
+    async for event in stream:
+        events.append(event)
+    assert [e.type for e in events][-1] == "transcript.text.done"
+    deltas = "".join(e.delta for e in events if e.type == "transcript.text.delta")
+    done = events[-1]
+    assert done.type == "transcript.text.done" and deltas == done.text and "plus" in words(deltas)
+
+
+@pytest.mark.parametrize("fmt", ["mp3", "wav", "opus", "flac"])
+async def test_speech_streams_and_our_stt_reads_it_back(client: AsyncOpenAI, fmt: str) -> None:
+    sentence = "It is a sunny day in Paris today."
+    pieces = []
+    async with client.audio.speech.with_streaming_response.create(
+        model="tts-1",
+        voice=VOICE,
+        input=sentence,
+        response_format=fmt,  # type: ignore[arg-type]
+    ) as response:
+        assert response.headers["content-type"].startswith("audio/")
+        async for piece in response.iter_bytes():
+            pieces.append(piece)
+    audio = b"".join(pieces)
+    if fmt == "wav":
+        with wave.open(BytesIO(audio)) as w:
+            assert (w.getframerate(), w.getsampwidth(), w.getnchannels()) == (24000, 2, 1)
+    # Read back through the gateway's own transcription endpoint: the file goes through
+    # FFmpeg's decoder there, our STT hears it.
+    heard = await client.audio.transcriptions.create(model="whisper-1", file=(f"speech.{fmt}", audio), language="en")
+    assert word_errors(heard.text, sentence) <= 1, heard.text
+
+
+async def test_pcm_speech_is_24khz_raw(client: AsyncOpenAI) -> None:
+    response = await client.audio.speech.create(
+        model="tts-1", voice="alloy", input="Hello there.", response_format="pcm"
+    )
+    pcm = response.content
+    assert len(pcm) % 2 == 0 and 0.4 < len(pcm) / 2 / 24000 < 3.0
+
+
+async def test_chat_completion_streams_and_whole(client: AsyncOpenAI) -> None:
+    messages: list[ChatCompletionMessageParam] = [
+        {"role": "user", "content": "What is the capital of France? Answer in one word."}
+    ]
+    stream = await client.chat.completions.create(
+        model="smollm2-135m-instruct-q4_1",
+        messages=messages,
+        stream=True,
+        max_tokens=24,
+        stream_options={"include_usage": True},
+    )
+    deltas, finish, usage = [], None, None
+    async for chunk in stream:
+        if chunk.choices:
+            deltas.append(chunk.choices[0].delta.content or "")
+            finish = chunk.choices[0].finish_reason or finish
+        if chunk.usage is not None:
+            usage = chunk.usage
+    assert "".join(deltas).strip() and finish in ("stop", "length")
+    assert usage is not None and usage.completion_tokens > 0
+    whole = await client.chat.completions.create(
+        model="anything",
+        messages=messages,
+        max_tokens=24,
+        temperature=0,
+    )
+    assert whole.choices[0].message.content and whole.choices[0].finish_reason in ("stop", "length")
+    assert whole.usage is not None and whole.usage.prompt_tokens > 0
+
+
+async def test_models_lists_stt_llm_and_voices(client: AsyncOpenAI) -> None:
+    ids = {m.id for m in (await client.models.list()).data}
+    assert {"base", "smollm2-135m-instruct-q4_1", VOICE} <= ids
+    voice = await client.models.retrieve(VOICE)
+    assert voice.id == VOICE and voice.model_extra and voice.model_extra["parole"]["kind"] == "tts"

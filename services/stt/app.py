@@ -3,6 +3,7 @@ result cache, decode queue and the servicer."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 
 import grpc
@@ -17,6 +18,7 @@ from services.stt.engine import Engine, SileroVad, Transcript, WhisperEngine, su
 from services.stt.recognizer import SERVICE, DecodeQueue, Recognizer
 from services.stt.servicer import SttServicer
 from services.stt.streaming import VadModel
+from services.stt.turn import TURN_MODEL_AVAILABLE, SmartTurn, TurnDetector, find_turn_model
 
 log = get_logger(__name__)
 
@@ -61,9 +63,13 @@ class SttApp:
         engines: Sequence[Engine],
         vad_factory: Callable[[], VadModel] = SileroVad,
         languages: frozenset[str] | None = None,
+        turn: TurnDetector | None = None,
+        owns_turn: bool = False,
     ) -> None:
         self.settings = settings
         self.engines = list(engines)
+        self.turn = turn
+        self._owns_turn = owns_turn
         self.breakers = Breakers(SERVICE, settings.breaker_threshold, settings.breaker_ttl_seconds)
         self.queue = DecodeQueue(settings.decode_workers, settings.max_pending_decodes)
         cache: ByteBudgetCache[Transcript] | None = (
@@ -79,7 +85,7 @@ class SttApp:
             settings.decode_timeout_base_seconds,
             settings.decode_timeout_per_audio_second,
         )
-        self.servicer = SttServicer(self.recognizer, settings, vad_factory, languages or supported_languages())
+        self.servicer = SttServicer(self.recognizer, settings, vad_factory, languages or supported_languages(), turn)
 
     @classmethod
     def from_settings(cls, settings: SttSettings) -> SttApp:
@@ -89,7 +95,10 @@ class SttApp:
         store = ModelStore(settings.model_dir)
         log.info("placement", device=placement.describe())
         engines = [build_engine(spec, settings, placement, store) for spec in settings.engines]
-        return cls(settings, engines)
+        # A missing end-of-turn model is not fatal: streams fall back to silence-only
+        # endpointing, and the warning says which file is missing and how to get it.
+        turn = settings.streaming.turn
+        return cls(settings, engines, turn=find_turn_model(store, turn.model, turn.threads), owns_turn=True)
 
     def register(self, server: grpc.aio.Server) -> Sequence[str]:
         stt_pb2_grpc.add_SttServiceServicer_to_server(self.servicer, server)
@@ -101,6 +110,20 @@ class SttApp:
         for engine in self.engines:
             await engine.load()
         self.servicer.vad_factory()  # loads the Silero session once, before SERVING
+        if isinstance(self.turn, SmartTurn):
+            try:
+                await asyncio.to_thread(self.turn.load)
+            except Exception as exc:  # noqa: BLE001 - a broken model file degrades to silence-only endpointing
+                TURN_MODEL_AVAILABLE.set(0)
+                log.error(
+                    "end-of-turn model failed to load: streams get silence-only endpointing",
+                    file=str(self.turn.path),
+                    error=f"{type(exc).__name__}: {exc}",
+                    fix=f"delete it and run: python -m services.models assemble {self.settings.streaming.turn.model}",
+                )
+                self.turn = self.servicer.turn = None
 
     async def close(self) -> None:
         await self.recognizer.close()
+        if self._owns_turn and isinstance(self.turn, SmartTurn):
+            self.turn.close()

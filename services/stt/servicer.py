@@ -16,10 +16,32 @@ from services.runtime.errors import FailedPrecondition, InvalidArgument
 from services.stt.config import SttSettings
 from services.stt.engine import DecodeOptions, Transcript
 from services.stt.recognizer import AUDIO_SECONDS, Recognizer
-from services.stt.streaming import SessionEvent, SpeechEvent, StreamConfig, StreamSession, VadModel
+from services.stt.streaming import (
+    EndOfTurn,
+    EndpointingMode,
+    SessionEvent,
+    SpeechEvent,
+    StreamConfig,
+    StreamSession,
+    VadModel,
+)
+from services.stt.turn import TurnDetector
 
 MAX_PROMPT_CHARS = 2000
 MAX_CHANNELS = 8
+ENDPOINTING: dict[int, EndpointingMode | None] = {
+    stt_pb2.ENDPOINTING_MODE_UNSPECIFIED: None,
+    stt_pb2.ENDPOINTING_MODE_SEMANTIC: "semantic",
+    stt_pb2.ENDPOINTING_MODE_SILENCE: "silence",
+}
+END_MODE = {"semantic": stt_pb2.ENDPOINTING_MODE_SEMANTIC, "silence": stt_pb2.ENDPOINTING_MODE_SILENCE}
+END_REASON = {
+    "complete": stt_pb2.END_OF_TURN_REASON_COMPLETE,
+    "max_silence": stt_pb2.END_OF_TURN_REASON_MAX_SILENCE,
+    "silence": stt_pb2.END_OF_TURN_REASON_SILENCE,
+    "max_length": stt_pb2.END_OF_TURN_REASON_MAX_LENGTH,
+    "end_of_stream": stt_pb2.END_OF_TURN_REASON_END_OF_STREAM,
+}
 
 
 class AudioConverter:
@@ -61,11 +83,13 @@ class SttServicer(stt_pb2_grpc.SttServiceServicer):
         settings: SttSettings,
         vad_factory: Callable[[], VadModel],
         languages: frozenset[str],
+        turn: TurnDetector | None = None,
     ) -> None:
         self.recognizer = recognizer
         self.settings = settings
         self.vad_factory = vad_factory
         self.languages = languages
+        self.turn = turn
 
     # ------------------------------------------------------------------ validation
     def _language(self, config: stt_pb2.RecognitionConfig) -> str | None:
@@ -130,6 +154,12 @@ class SttServicer(stt_pb2_grpc.SttServiceServicer):
                 f"end_of_speech_silence_ms must be between 64 and 5000 (or 0 for the default); got {eos}",
                 fields={"config.end_of_speech_silence_ms": "out of range"},
             )
+        if config.endpointing not in ENDPOINTING:
+            raise InvalidArgument(
+                f"endpointing {config.endpointing} is not an EndpointingMode; use ENDPOINTING_MODE_SEMANTIC, "
+                "ENDPOINTING_MODE_SILENCE or leave it unspecified for the server's default",
+                fields={"config.endpointing": "unknown value"},
+            )
         stream_config = StreamConfig(
             language=language,
             interim_results=config.interim_results,
@@ -138,9 +168,10 @@ class SttServicer(stt_pb2_grpc.SttServiceServicer):
             model_hint=config.model_hint,
             single_utterance=config.single_utterance,
             end_of_speech_silence_ms=eos,
+            endpointing=ENDPOINTING[config.endpointing],
         )
         converter = AudioConverter(rate, channels)
-        session = StreamSession(self.recognizer, self.vad_factory(), self.settings.streaming, stream_config)
+        session = StreamSession(self.recognizer, self.vad_factory(), self.settings.streaming, stream_config, self.turn)
         async for event in session.run(self._audio(request_iterator, converter)):
             yield _stream_response(event)
 
@@ -234,7 +265,22 @@ class SttServicer(stt_pb2_grpc.SttServiceServicer):
         return stt_pb2.ListEnginesResponse(engines=infos)
 
 
-def _result(t: Transcript, final: bool, utterance: int, start: float, end: float) -> stt_pb2.RecognitionResult:
+def _end_of_turn(d: EndOfTurn) -> stt_pb2.EndOfTurn:
+    return stt_pb2.EndOfTurn(
+        mode=END_MODE[d.mode],
+        reason=END_REASON[d.reason],
+        probability=d.probability,
+        checks=d.checks,
+        silence_seconds=d.silence_seconds,
+        held_seconds=d.held_seconds,
+        decision_cpu_seconds=d.decision_cpu_seconds,
+        decision_wall_seconds=d.decision_wall_seconds,
+    )
+
+
+def _result(
+    t: Transcript, final: bool, utterance: int, start: float, end: float, decision: EndOfTurn | None = None
+) -> stt_pb2.RecognitionResult:
     return stt_pb2.RecognitionResult(
         transcript=t.text,
         is_final=final,
@@ -250,6 +296,7 @@ def _result(t: Transcript, final: bool, utterance: int, start: float, end: float
         engine=t.engine,
         decode_seconds=t.decode_seconds,
         utterance_index=utterance,
+        end_of_turn=None if decision is None else _end_of_turn(decision),
     )
 
 
@@ -264,6 +311,13 @@ def _stream_response(event: SessionEvent) -> stt_pb2.StreamingRecognizeResponse:
             speech_event=kind, event_seconds=event.at_seconds, audio_processed_seconds=event.processed_seconds
         )
     return stt_pb2.StreamingRecognizeResponse(
-        result=_result(event.transcript, event.is_final, event.utterance, event.start_seconds, event.end_seconds),
+        result=_result(
+            event.transcript,
+            event.is_final,
+            event.utterance,
+            event.start_seconds,
+            event.end_seconds,
+            event.end_of_turn,
+        ),
         audio_processed_seconds=event.processed_seconds,
     )

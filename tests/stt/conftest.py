@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import time
 import unicodedata
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +26,7 @@ from services.runtime.server import RunningServer, start_app
 from services.stt.app import SttApp, build_engine
 from services.stt.config import EngineSettings, SttServerSettings, SttSettings
 from services.stt.engine import Engine, WhisperEngine
+from services.stt.turn import SmartTurn, TurnDetector
 from tests.speech import espeak, piper_joe
 
 JOE_TEXT = "Could you tell me how long it takes to drive to the airport?"
@@ -44,9 +45,11 @@ async def paced_requests(
     cfg: stt_pb2.RecognitionConfig, audio: bytes, speech_end: float, marks: dict[str, float]
 ) -> AsyncIterator[stt_pb2.StreamingRecognizeRequest]:
     """Config, then 16 kHz audio at real-time pace: chunk i is sent once its 100 ms have "been
-    spoken". Records in ``marks["speech_end"]`` when the chunk holding ``speech_end`` left."""
+    spoken". Records in ``marks["speech_end"]`` when the chunk holding ``speech_end`` left,
+    and in ``marks["start"]`` when the first chunk did: stream second x is then sent by
+    ``start + x``, as a microphone without buffering would."""
     yield stt_pb2.StreamingRecognizeRequest(config=cfg)
-    start = time.perf_counter()
+    start = marks["start"] = time.perf_counter()
     for i, chunk in enumerate(chunks(audio, 16000)):
         await asyncio.sleep(max(0.0, start + i * 0.1 - time.perf_counter()))
         if "speech_end" not in marks and (i + 1) * 0.1 >= speech_end:
@@ -77,6 +80,15 @@ def whisper_engine(model_store: ModelStore) -> WhisperEngine:
     return build_engine(EngineSettings(name="base"), settings, Placement("cpu", 0, "int8"), model_store)
 
 
+@pytest.fixture(scope="session")
+def smart_turn(model_store: ModelStore) -> Iterator[SmartTurn]:
+    """The real Smart Turn v3.2 end-of-turn model, loaded once for the whole session."""
+    turn = SmartTurn(model_store.turn_model())
+    turn.load()
+    yield turn
+    turn.close()
+
+
 @dataclass
 class Served:
     app: SttApp
@@ -89,8 +101,9 @@ class Served:
         return f"127.0.0.1:{self.running.port}"
 
 
-async def serve(settings: SttSettings, engines: Sequence[Engine]) -> Served:
-    app = SttApp(settings, engines)
+async def serve(settings: SttSettings, engines: Sequence[Engine], turn: TurnDetector | None = None) -> Served:
+    """The service on loopback; without ``turn`` it has no end-of-turn model (silence only)."""
+    app = SttApp(settings, engines, turn=turn)
     running = await start_app(app, settings.server)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{running.port}")
     return Served(app, running, channel, stt_pb2_grpc.SttServiceStub(channel))
@@ -102,9 +115,9 @@ async def shutdown(served: Served) -> None:
 
 
 @pytest.fixture(scope="session")
-async def stt(whisper_engine: WhisperEngine) -> AsyncIterator[Served]:
-    """The service with the default settings and the real engine, on loopback."""
-    served = await serve(loopback_settings(), [whisper_engine])
+async def stt(whisper_engine: WhisperEngine, smart_turn: SmartTurn) -> AsyncIterator[Served]:
+    """The service with the default settings, the real engine and end-of-turn model, on loopback."""
+    served = await serve(loopback_settings(), [whisper_engine], smart_turn)
     yield served
     await shutdown(served)
     await whisper_engine.close()

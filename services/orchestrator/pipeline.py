@@ -129,6 +129,8 @@ class SessionSettings:
     playback_slack: float
     end_of_speech_silence_ms: int
     interim_results: bool
+    endpointing: stt_pb2.EndpointingMode.ValueType = stt_pb2.ENDPOINTING_MODE_UNSPECIFIED
+    """Passed to speech-to-text as is (unspecified: its own default)."""
 
     @classmethod
     def from_config(cls, cfg: pb.SessionConfig, settings: OrchestratorSettings) -> SessionSettings:
@@ -161,6 +163,12 @@ class SessionSettings:
                 "end_of_speech_silence_ms must be between 100 and 5000",
                 fields={"config.end_of_speech_silence_ms": "out of range"},
             )
+        if cfg.endpointing not in stt_pb2.EndpointingMode.values():
+            raise InvalidArgument(
+                f"endpointing {cfg.endpointing} is not an EndpointingMode; use ENDPOINTING_MODE_SEMANTIC, "
+                "ENDPOINTING_MODE_SILENCE or leave it unspecified",
+                fields={"config.endpointing": "unknown value"},
+            )
         tail_ms = cfg.feedback_tail_ms if cfg.HasField("feedback_tail_ms") else d.feedback_tail_ms
         if tail_ms > 10_000:
             raise InvalidArgument(
@@ -178,6 +186,7 @@ class SessionSettings:
             playback_slack=d.playback_slack_ms / 1000,
             end_of_speech_silence_ms=cfg.end_of_speech_silence_ms or d.end_of_speech_silence_ms,
             interim_results=cfg.interim_results,
+            endpointing=cfg.endpointing,
         )
 
 
@@ -444,6 +453,7 @@ class Conversation:
                 ),
                 interim_results=self.s.interim_results,
                 end_of_speech_silence_ms=self.s.end_of_speech_silence_ms,
+                endpointing=self.s.endpointing,
             )
         )
         while (chunk := await self.mic.get()) is not None:

@@ -1,7 +1,8 @@
 """``make run``: start the fleet locally, then talk to it.
 
-Starts stt, llm and tts (in parallel), then the orchestrator, exactly as their containers run
-them (``services.fleet``), and waits until every one is SERVING. With a microphone it holds a
+Starts stt, llm and tts (in parallel), then the orchestrator and the gateway (the OpenAI and
+Wyoming APIs), exactly as their containers run them (``services.fleet``), and waits until every
+one is SERVING. With a microphone it holds a
 live conversation; without one (or with ``--demo``) it asks the bundled spoken questions
 (``client/demo``) at real-time pace and prints the latency table. Everything it started is
 stopped on the way out, Ctrl-C included.
@@ -25,7 +26,7 @@ from client.conversation import ConversationError, SessionOptions, Turn
 from client.demo import Question, questions
 from client.report import latency_table, save_report, turn_record
 from client.sinks import VirtualSink
-from services.fleet import ALL, REPO, Fleet, FleetError, announce
+from services.fleet import DEFAULT, REPO, Fleet, FleetError, announce
 from services.runtime.audio import read_wav
 from services.runtime.channel import ChannelSettings
 
@@ -105,11 +106,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     # SIGTERM (a supervisor, a closed terminal) takes Ctrl-C's path: the fleet is stopped.
     signal.signal(signal.SIGTERM, _terminate)
     mic_problem = None if args.demo else _microphone(args.input_device)
-    print(f"starting the fleet: {', '.join(ALL)} (logs in {args.log_dir}/) ...", flush=True)
+    print(f"starting the fleet: {', '.join(DEFAULT)} (logs in {args.log_dir}/) ...", flush=True)
     started = datetime.now(UTC)
     try:
-        with Fleet(ALL, log_dir=args.log_dir, ready_timeout=args.ready_timeout, on_ready=announce) as fleet:
+        with Fleet(DEFAULT, log_dir=args.log_dir, ready_timeout=args.ready_timeout, on_ready=announce) as fleet:
             target = fleet.target("orchestrator")
+            print(
+                f"OpenAI-compatible API: http://127.0.0.1:{fleet.extra_port('gateway', 'HTTP__PORT')}/v1; "
+                f"Wyoming (Home Assistant): STT tcp://127.0.0.1:{fleet.extra_port('gateway', 'WYOMING__ASR_PORT')}, "
+                f"TTS tcp://127.0.0.1:{fleet.extra_port('gateway', 'WYOMING__TTS_PORT')}",
+                flush=True,
+            )
             if not args.demo and mic_problem is None:
                 asyncio.run(live(target, args))
                 return 0

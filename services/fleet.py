@@ -5,8 +5,8 @@ is the command a container runs (``python -m services.stt`` ...) configured the 
 environment variables (``STT_SERVER__PORT`` ...). The orchestrator starts last and is told
 where the others listen (``ORCH_STT__TARGET`` ...).
 
-``python -m services.fleet [stt llm tts orchestrator]`` starts a fleet and keeps it up until
-Ctrl-C::
+``python -m services.fleet [stt llm tts orchestrator gateway]`` starts a fleet and keeps it up
+until Ctrl-C::
 
     with Fleet(["stt", "llm", "tts", "orchestrator"]) as fleet:
         target = fleet.target("orchestrator")
@@ -52,6 +52,9 @@ class ServiceSpec:
     """Prometheus port; None leaves the service's own setting, 0 picks a free one."""
     depends_on: tuple[str, ...] = ()
     """Services that must be SERVING first; each is passed as ``<PREFIX><DEP>__TARGET``."""
+    extra_ports: tuple[tuple[str, int], ...] = ()
+    """Other ports the service listens on, as (setting, port): ``("HTTP__PORT", 8000)`` is
+    passed as ``<PREFIX>HTTP__PORT``. They follow the gRPC port: a free one when it is 0."""
 
 
 # Ports and metrics ports are the services' documented defaults, so a fleet started here is
@@ -63,8 +66,23 @@ CATALOG: dict[str, ServiceSpec] = {
     "orchestrator": ServiceSpec(
         "orchestrator", "services.orchestrator", "ORCH_", 50050, 9090, depends_on=("stt", "llm", "tts")
     ),
+    # OpenAI-compatible HTTP/Realtime API on 8000, Wyoming ASR on 10300 and TTS on 10200; the
+    # gRPC port serves health only.
+    "gateway": ServiceSpec(
+        "gateway",
+        "services.gateway",
+        "GATEWAY_",
+        50054,
+        9094,
+        depends_on=("stt", "llm", "tts", "orchestrator"),
+        extra_ports=(("HTTP__PORT", 8000), ("WYOMING__ASR_PORT", 10300), ("WYOMING__TTS_PORT", 10200)),
+    ),
 }
 ALL = ("stt", "llm", "tts", "orchestrator")
+"""The conversation's services (what the tests start as "the fleet")."""
+DEFAULT = (*ALL, "gateway")
+"""What ``make run`` and ``python -m services.fleet`` start: the conversation and the gateway
+that opens it to OpenAI clients and Home Assistant."""
 
 
 # Run as ``python -c <this> <launcher pid> <command...>``: the new process asks for SIGTERM
@@ -174,6 +192,7 @@ class Fleet:
                     spec,
                     port=port or free_port(),
                     metrics_port=free_port() if metrics == 0 else metrics,
+                    extra_ports=tuple((k, v if port else free_port()) for k, v in spec.extra_ports),
                 )
             )
         for spec in self.specs:
@@ -199,6 +218,13 @@ class Fleet:
                 return f"{LOCALHOST}:{spec.port}"
         raise KeyError(f"{name} is not part of this fleet ({', '.join(s.name for s in self.specs)})")
 
+    def extra_port(self, name: str, setting: str) -> int:
+        """Another port of a service (``extra_port("gateway", "HTTP__PORT")``)."""
+        for spec in self.specs:
+            if spec.name == name:
+                return dict(spec.extra_ports)[setting]
+        raise KeyError(f"{name} is not part of this fleet ({', '.join(s.name for s in self.specs)})")
+
     @property
     def targets(self) -> dict[str, str]:
         return {spec.name: f"{LOCALHOST}:{spec.port}" for spec in self.specs}
@@ -216,6 +242,8 @@ class Fleet:
         if spec.metrics_port is not None:
             env[f"{p}SERVER__METRICS_PORT"] = str(spec.metrics_port)
             env[f"{p}SERVER__METRICS_HOST"] = LOCALHOST
+        for setting, port in spec.extra_ports:
+            env[f"{p}{setting}"] = str(port)
         for dep in spec.depends_on:
             env[f"{p}{dep.upper()}__TARGET"] = self.target(dep)
         # Log lines reach the file as they are written, so a failure shows its last words.
@@ -308,6 +336,7 @@ class Fleet:
 
     def _check_ports(self) -> None:
         busy = [f"{s.name} :{s.port}" for s in self.specs if port_in_use(s.port)]
+        busy += [f"{s.name} :{port}" for s in self.specs for _, port in s.extra_ports if port_in_use(port)]
         busy += [
             f"{s.name} metrics :{s.metrics_port}" for s in self.specs if s.metrics_port and port_in_use(s.metrics_port)
         ]
@@ -406,19 +435,23 @@ def announce(child: Child) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.fleet", description=__doc__.split("\n\n")[0])
-    parser.add_argument("services", nargs="*", metavar="SERVICE", help=f"any of {', '.join(ALL)} (default: all)")
+    parser.add_argument(
+        "services", nargs="*", metavar="SERVICE", help=f"any of {', '.join(DEFAULT)} (default: all of them)"
+    )
     parser.add_argument("--port", action="append", default=[], metavar="NAME=PORT", help="e.g. stt=50061")
     parser.add_argument("--log-dir", type=Path, default=REPO / "reports" / "fleet", help="one <name>.log each")
     parser.add_argument("--inherit-logs", action="store_true", help="services log to this terminal instead")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds each stage may take to be SERVING")
     args = parser.parse_args(argv)
-    services: list[str] = args.services or list(ALL)
+    services: list[str] = args.services or list(DEFAULT)
     unknown = [s for s in services if s not in CATALOG]
     if unknown:
-        parser.error(f"unknown services {unknown}; choose among {', '.join(ALL)}")
-    # The orchestrator cannot run without the services it chains.
-    if "orchestrator" in services:
-        services = [*dict.fromkeys([*services, *CATALOG["orchestrator"].depends_on])]
+        parser.error(f"unknown services {unknown}; choose among {', '.join(DEFAULT)}")
+    # The orchestrator (and the gateway) cannot run without the services they call.
+    for name in ("gateway", "orchestrator"):
+        if name in services:
+            services = [*dict.fromkeys([*CATALOG[name].depends_on, *services])]
+    services = [n for n in DEFAULT if n in services]  # dependency order
     fleet = Fleet(
         services,
         ports=_parse_ports(args.port),

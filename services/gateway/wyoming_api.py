@@ -491,4 +491,9 @@ async def start_wyoming(app: GatewayApp) -> list[WyomingServer]:
     await asr.start(lambda r, w: AsrHandler(app, r, w))
     await tts.start(lambda r, w: TtsHandler(app, r, w))
     log.info("wyoming listening", asr_port=asr.bound_port, tts_port=tts.bound_port)
+    if settings.server.auth_token is not None:
+        log.warning(
+            "wyoming has no authentication: the API key does not protect its ports; keep them on a trusted "
+            "network or set GATEWAY_WYOMING__ENABLED=false"
+        )
     return [asr, tts]

@@ -274,7 +274,7 @@ def test_docker_build_context_keeps_what_the_image_needs() -> None:
     ignore = (DEPLOY / "docker" / "Dockerfile.dockerignore").read_text()
     copied = set(re.findall(r"^COPY (?!--from)(.+?) \S+$", DOCKERFILE.read_text(), re.MULTILINE))
     needed = {w for line in copied for w in line.split()}
-    assert needed == {"pyproject.toml", "README.md", "Makefile", "constraints.txt", "protos", "services"}
+    assert needed == {"pyproject.toml", "README.md", "Makefile", "constraints.txt", "protos", "services", "client"}
     for path in needed:
         assert re.search(rf"^!{re.escape(path)}", ignore, re.MULTILINE), path
         assert (REPO / path).exists()

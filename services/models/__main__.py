@@ -98,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(store.whisper(name))
             elif kind == "piper":
                 print(store.piper_voice(name)[0])
+            elif kind == "kokoro":
+                print(store.kokoro(name).onnx)
             elif kind == "turn":
                 print(store.turn_model(name))
             else:

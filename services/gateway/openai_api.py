@@ -517,7 +517,7 @@ def chat_messages(raw: Any) -> list[llm_pb2.ChatMessage]:
         if not isinstance(m, dict):
             raise bad_request(f"{where} must be an object", param=where, code="invalid_type")
         role = m.get("role")
-        if role not in CHAT_ROLES:
+        if not isinstance(role, str) or role not in CHAT_ROLES:
             raise bad_request(
                 f"{where}.role must be system, developer, user or assistant; got {role!r}", param=f"{where}.role"
             )

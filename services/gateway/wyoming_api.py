@@ -133,8 +133,13 @@ class _Handler(AsyncEventHandler):
                 except grpc.aio.AioRpcError as exc:
                     api = from_grpc(exc, "stt" if self.server_name == "asr" else "tts")
                     await self._fail(api.message, api.code or api.type)
-                except (KeyError, TypeError, ValueError) as exc:
+                except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                    # Wrong types inside an event's data (the wyoming classes do not check them).
                     await self._fail(f"bad {event.type} event: {exc.__class__.__name__}: {exc}", "invalid_request")
+                except Exception as exc:
+                    # A bug must cost this request an error event, not the connection.
+                    log.exception("wyoming request failed unexpectedly", server=self.server_name)
+                    await self._fail(f"internal error handling {event.type}: {exc}", "internal")
         except (ConnectionError, OSError):
             pass  # the client went away
         finally:

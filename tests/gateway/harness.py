@@ -102,7 +102,11 @@ async def gateway_fleet(**gateway_overrides: Any) -> AsyncIterator[GatewayFleet]
             ),
             local(),
         )
-        servers["tts"] = await start_app(build_tts(TtsSettings(server=local())), local())
+        tts = TtsSettings(server=local())
+        if "kokoro" in TtsSettings.model_fields:
+            # Kokoro (French neural voices) takes tens of seconds to load; these tests speak English.
+            tts.kokoro.enabled = False  # type: ignore[attr-defined]
+        servers["tts"] = await start_app(build_tts(tts), local())
         orch = OrchestratorSettings(
             server=local(),
             dependency_wait_seconds=30,

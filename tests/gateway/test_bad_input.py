@@ -113,6 +113,7 @@ async def test_speech_body_not_json_not_object_or_huge(http: httpx.AsyncClient, 
         ({"model": "m"}, "messages"),
         ({"model": "m", "messages": "hello"}, "messages"),
         ({"model": "m", "messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role"),
+        ({"model": "m", "messages": [{"role": ["user"], "content": "hi"}]}, "messages[0].role"),  # found by the fuzzer
         ({"model": "m", "messages": [{"role": "user", "content": 7}]}, "messages[0].content"),
         (
             {"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
@@ -262,6 +263,7 @@ async def test_wyoming_bad_requests_get_errors_and_the_connection_goes_on(gw: Ga
             Synthesize(text="Hello.", voice=SynthesizeVoice(name="nobody")).event(),
             SynthesizeChunk(text="no stream started").event(),
             Event(type="synthesize", data={"no_text": 1}),
+            Event(type="synthesize", data={"text": "Hi.", "voice": {"language": ["en"]}}),
         ):
             await client.write_event(event)
             reply = await client.read_event()

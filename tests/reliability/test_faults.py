@@ -93,6 +93,9 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
                 "LLM_LLAMACPP__MODEL": SMALL_LLM,
                 "LLM_LLAMACPP__THREADS": "1",
                 "LLM_MAX_TOKENS": "24",
+                # Greedy: the same words every run. Sampled, SmolLM now and then answers "Say
+                # hello." with one emoji, which no voice can speak, and a clean turn degrades.
+                "LLM_TEMPERATURE": "0",
             },
             "orchestrator": {"ORCH_BREAKER_THRESHOLD": "3", "ORCH_BREAKER_TTL_SECONDS": str(ORCH_BREAKER_TTL)},
         },

@@ -607,6 +607,7 @@ def logged_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Fle
             "LLM_BACKENDS": '["llamacpp","canned"]',
             "LLM_LLAMACPP__MODEL": SMOLLM,
             "LLM_MAX_TOKENS": "32",
+            "LLM_TEMPERATURE": "0",  # greedy: the same, speakable answers every run
         },
         "tts": {"TTS_SERVER__AUTH_TOKEN": tokens["tts"]},
         "orchestrator": {

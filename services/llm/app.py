@@ -82,10 +82,11 @@ class LlmApp:
 
     async def warm_up(self) -> None:
         await self.engine.load()
-        prompt = self.settings.system_prompts[self.settings.default_language]
+        # Every language's default prompt, the default language's last, so that one is live.
+        prompts = sorted(self.settings.system_prompts.items(), key=lambda kv: kv[0] == self.settings.default_language)
         for backend in self.engine.backends:
             if isinstance(backend, LlamaCppBackend):
-                await backend.prime(prompt)
+                await backend.prime([prompt for _, prompt in prompts])
 
     async def close(self) -> None:
         await self.engine.close()

@@ -12,7 +12,7 @@ import pytest
 from parole.llm.v1 import llm_pb2
 from services.llm.backends.base import ChatMessage, Delta, Finish, GenerationParams
 from services.llm.backends.canned import CannedBackend
-from services.llm.backends.llamacpp import LlamaCppBackend
+from services.llm.backends.llamacpp import LlamaCppBackend, common_prefix
 from services.runtime.errors import InvalidArgument
 from tests.llm.conftest import Served, ask, make_settings, serve
 
@@ -85,6 +85,45 @@ async def test_interleaved_sessions_keep_their_cache(smol: LlamaCppBackend) -> N
     _, finish = await turn("A", a2)
     assert smol.last_run is not None and smol.last_run.restored_snapshot
     assert finish.prompt_tokens_evaluated < 25 < finish.prompt_tokens
+
+
+async def test_primed_system_prompts_are_cached_for_every_language(smol: LlamaCppBackend) -> None:
+    """Once both languages' prompts are primed, the first turn of a new conversation in
+    either language reads only its own words and the chat markup after them, not the system
+    prompt (before, only the last primed prompt stayed cached)."""
+    prompts = {
+        "en": "You are a voice assistant. Answer briefly.",
+        "fr": "Tu es un assistant vocal. Réponds brièvement.",
+    }
+    questions = {"en": "What is the capital of {}?", "fr": "Quelle est la capitale de {} ?"}
+
+    def messages(language: str, session: str) -> list[ChatMessage]:
+        # A different question each time: a repeated one would find itself in the live cache.
+        return [ChatMessage("system", prompts[language]), ChatMessage("user", questions[language].format(session))]
+
+    async def first_turn(language: str, session: str) -> Finish:
+        finish = None
+        async for item in smol.stream(messages(language, session), GenerationParams(2, 0.0, language, session)):
+            if isinstance(item, Finish):
+                finish = item
+        assert finish is not None
+        return finish
+
+    await smol.reset_cache()
+    cold = await first_turn("en", "cold-en")
+    assert cold.prompt_tokens_evaluated == cold.prompt_tokens  # nothing cached: the whole prompt
+    await smol.prime(list(prompts.values()))
+    try:
+        for language, session in (("en", "Spain"), ("fr", "Italie"), ("en", "Peru"), ("fr", "Chine")):
+            finish = await first_turn(language, session)
+            primed = smol._primes[prompts[language]]
+            expected = finish.prompt_tokens - common_prefix(
+                primed.tokens, smol._prompt_tokens(messages(language, session))
+            )
+            assert finish.prompt_tokens_evaluated == expected, (language, session, finish)
+            assert expected < 18  # the question and the markup around it, no more
+    finally:
+        await smol.reset_cache()
 
 
 async def test_snapshots_stay_within_their_memory_budget(smol: LlamaCppBackend) -> None:

@@ -102,6 +102,9 @@ class LlamaCppBackend:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llamacpp")
         self._live_key: str | None = None
         self._snapshots: OrderedDict[str, _Snapshot] = OrderedDict()
+        # Caches of the primed system prompts: kept for the process's life (a few hundred kB
+        # each), never evicted, restored by any conversation whose prompt starts with one.
+        self._primes: dict[str, _Snapshot] = {}
 
     # ------------------------------------------------------------------ lifecycle
     async def load(self) -> None:
@@ -185,19 +188,36 @@ class LlamaCppBackend:
             if len(msgs) - first > 1 and msgs[first].role == "assistant":
                 del msgs[first]  # whole exchanges go: an answer without its question misleads
 
-    async def prime(self, system_prompt: str) -> None:
-        """Reads the default system prompt into the cache, so the first turn after start-up
-        only reads its own tokens (every conversation shares that prefix)."""
-        messages = [ChatMessage("system", system_prompt), ChatMessage("user", ".")]
-        async for _ in self.stream(messages, GenerationParams(1, 0.0, "en")):
-            pass
+    async def prime(self, system_prompts: Sequence[str]) -> None:
+        """Reads each system prompt into the cache once and keeps that cache, so the first
+        turn of any new conversation reads only its own words, whatever its language
+        (without this only the last prompt read stays cached, and an English session after a
+        French one reads the whole English system prompt before its first token)."""
+        async with self._lock:
+            loop = asyncio.get_running_loop()
+            for prompt in system_prompts:
+                await loop.run_in_executor(self._executor, self._prime, prompt)
+
+    def _prime(self, system_prompt: str) -> None:
+        llm = self._llm
+        tokens = self._prompt_tokens([ChatMessage("system", system_prompt), ChatMessage("user", ".")])
+        # The shared prefix ends where the user's words begin: stop before the placeholder.
+        placeholder = self._prompt_tokens([ChatMessage("system", system_prompt), ChatMessage("user", ",")])
+        prefix = tokens[: common_prefix(tokens, placeholder)]
+        self._save_live()
+        llm.reset()
+        llm.eval(prefix)
+        self._primes[system_prompt] = self._snapshot()
+        self._live_key = None
 
     async def reset_cache(self) -> None:
-        """Forgets every cached prompt (benchmarks: a cold start without reloading)."""
+        """Forgets every cached prompt, primed ones included (benchmarks and tests: a cold
+        start without reloading; ``prime`` again for the state after start-up)."""
         async with self._lock:
             if self._llm is not None:
                 self._llm.reset()
             self._snapshots.clear()
+            self._primes.clear()
             self._live_key = None
 
     # ------------------------------------------------------------------ generation
@@ -327,32 +347,49 @@ class LlamaCppBackend:
 
         Returns True when a saved cache was restored.
         """
+        llm = self._llm
+        if key != self._live_key:
+            if self.session_snapshots > 0:
+                self._save_live()
+            self._live_key = key
+            own = self._snapshots.pop(key, None) if key is not None and self.session_snapshots > 0 else None
+        else:
+            own = None
+        # The best cache to start from: the conversation's own, or a primed system prompt,
+        # whichever shares the longest prefix with this prompt; the live one if it is as good.
+        live = common_prefix(llm.input_ids[: llm.n_tokens].tolist(), tokens)
+        candidates = [s for s in (own, *self._primes.values()) if s is not None]
+        best = max(candidates, key=lambda snap: common_prefix(snap.tokens, tokens), default=None)
+        if best is None or common_prefix(best.tokens, tokens) <= live:
+            return False
+        return self._restore(best)
+
+    def _snapshot(self) -> _Snapshot:
+        """The live KV cache and the tokens it holds."""
         import llama_cpp
 
-        if self.session_snapshots <= 0 or key == self._live_key:
-            self._live_key = key
-            return False
         llm = self._llm
         ctx = llm._ctx.ctx
-        if self._live_key is not None and llm.n_tokens > 0:
-            size = llama_cpp.llama_state_get_size(ctx)
-            buf = (ctypes.c_uint8 * int(size))()
-            written = llama_cpp.llama_state_get_data(ctx, buf, size)
-            self._snapshots[self._live_key] = _Snapshot(
-                llm.input_ids[: llm.n_tokens].tolist(), bytes(memoryview(buf)[: int(written)])
-            )
-            self._snapshots.move_to_end(self._live_key)
-            while len(self._snapshots) > self.session_snapshots or self.snapshot_bytes > self.session_snapshot_bytes:
-                self._snapshots.popitem(last=False)
-        self._live_key = key
-        snap = self._snapshots.pop(key, None) if key is not None else None
-        if snap is None:
-            return False
-        live = common_prefix(llm.input_ids[: llm.n_tokens].tolist(), tokens)
-        if common_prefix(snap.tokens, tokens) <= live:
-            return False  # the live cache (e.g. the shared system prompt) is as good
+        size = llama_cpp.llama_state_get_size(ctx)
+        buf = (ctypes.c_uint8 * int(size))()
+        written = llama_cpp.llama_state_get_data(ctx, buf, size)
+        return _Snapshot(llm.input_ids[: llm.n_tokens].tolist(), bytes(memoryview(buf)[: int(written)]))
+
+    def _save_live(self) -> None:
+        """Keeps the live conversation's cache among the snapshots (the oldest go first)."""
+        if self._live_key is None or self._llm.n_tokens == 0 or self.session_snapshots <= 0:
+            return
+        self._snapshots[self._live_key] = self._snapshot()
+        self._snapshots.move_to_end(self._live_key)
+        while len(self._snapshots) > self.session_snapshots or self.snapshot_bytes > self.session_snapshot_bytes:
+            self._snapshots.popitem(last=False)
+
+    def _restore(self, snap: _Snapshot) -> bool:
+        import llama_cpp
+
+        llm = self._llm
         data = (ctypes.c_uint8 * len(snap.state)).from_buffer_copy(snap.state)
-        if llama_cpp.llama_state_set_data(ctx, data, len(snap.state)) != len(snap.state):
+        if llama_cpp.llama_state_set_data(llm._ctx.ctx, data, len(snap.state)) != len(snap.state):
             llm.reset()
             return False
         n = len(snap.tokens)

@@ -43,9 +43,7 @@ class TtsApp:
         split = settings.split
         self.synth = Synthesizer(
             self.registry,
-            policy=SplitPolicy(
-                split.max_chars, split.min_clause_chars, split.first_split_over, split.stream_clause_chars
-            ),
+            policy=SplitPolicy(**split.model_dump()),
             workers=settings.workers,
             cache_bytes=settings.cache_bytes,
             breakers=Breakers(SERVICE, settings.breaker_threshold, settings.breaker_ttl_seconds),

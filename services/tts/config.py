@@ -21,6 +21,12 @@ class SplitSettings(BaseModel):
     """A stream's first sentence longer than this is cut at its first clause (early audio)."""
     stream_clause_chars: int = Field(default=100, ge=1)
     """Incremental input: after the first piece, a clause mark cuts only past this length."""
+    first_chunk_min_words: int = Field(default=4, ge=1, le=50)
+    """Incremental input: the first piece ends at the first natural boundary (clause mark, or
+    before a joining word) once it holds this many words, so audio starts a few tokens into
+    the answer instead of a sentence into it."""
+    first_chunk_max_words: int = Field(default=8, ge=1, le=100)
+    """...or after this many words, boundary or not."""
 
 
 class TtsSettings(ServiceSettings):

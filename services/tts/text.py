@@ -615,6 +615,12 @@ class SplitPolicy:
     stream_clause_chars: int = 100
     """Incremental input: a clause mark cuts pending text only past this length (after the
     first piece), so normal sentences are spoken whole."""
+    first_chunk_min_words: int = 4
+    """Incremental input: the first piece of a stream is cut at the first natural boundary
+    (a clause mark, or before a joining word such as "is", "of", "and", "est", "de") once it
+    holds this many words, so the first audio waits for a few tokens, not a sentence."""
+    first_chunk_max_words: int = 8
+    """...and at the next word boundary once it holds this many, boundary or not."""
 
 
 def _sentence_ends(text: str, language: str) -> list[int]:
@@ -638,6 +644,44 @@ def _sentence_ends(text: str, language: str) -> list[int]:
                 continue  # an initial: "J. K. Rowling", "M. Dupont"
         ends.append(m.end())
     return ends
+
+
+# Words a phrase can be cut before without breaking a unit of meaning: verbs "to be",
+# conjunctions, relative pronouns and prepositions start the next phrase ("The capital of
+# France | is Paris", "La capitale de l'Espagne | est Madrid").
+_JOINING_WORDS = {
+    "en": frozenset(
+        "is are was were will would can could should has have had and but or so because which that who "
+        "whose where when while if as than of in on at for to with from by about into over after before "
+        "since until during".split()
+    ),
+    "fr": frozenset(
+        "est sont était étaient sera serait a ont avait et mais ou donc car qui que qu dont où quand si "
+        "comme de du des à au aux en dans sur sous pour par avec sans chez vers entre pendant depuis "
+        "avant après".split()
+    ),
+}
+
+
+def first_chunk_cut(text: str, language: str, policy: SplitPolicy) -> int | None:
+    """Where to end the first piece of a stream: at a clause mark or before a joining word
+    once it holds ``first_chunk_min_words`` complete words, or after ``first_chunk_max_words``
+    whatever follows; None while neither has arrived. Only complete words count (the space
+    after them has arrived), so "in" is not taken for the start of "instance"."""
+    joining = _JOINING_WORDS[words_for(language)]
+    words = [m for m in re.finditer(r"\S+", text) if m.end() < len(text)]
+    for count, word in enumerate(words, 1):
+        if count >= policy.first_chunk_max_words:
+            return word.end()
+        if count < policy.first_chunk_min_words:
+            continue
+        if word.group(0)[-1] in CLAUSE_MARKS:
+            return word.end()
+        if count < len(words):
+            following = re.sub(r"^\W+|['’]\w*$|\W+$", "", words[count].group(0).lower())
+            if following in joining:
+                return word.end()
+    return None
 
 
 def split_sentences(text: str, language: str = "en") -> list[str]:
@@ -749,7 +793,9 @@ class IncrementalSplitter:
             cuts.append(newline + 1)  # a line break ends a heading or list item
         if cuts:
             return min(cuts)
-        limit = policy.min_clause_chars if self.emitted == 0 else policy.stream_clause_chars
+        if self.emitted == 0:
+            return first_chunk_cut(scan, self.language, policy)
+        limit = policy.stream_clause_chars
         for cut in _clause_cuts(scan):
             if cut >= limit and cut < len(scan):
                 return cut

@@ -191,8 +191,8 @@ async def test_incremental_synthesis_speaks_before_the_text_is_complete(
     )
     assert received[0][0] < sent[-1]  # audio started while the text was still arriving
     assert [c.text for _, c in received] == [
-        "Sure, here is what I found about the weather today:",
-        "it will be sunny, with a high of twenty-four degrees.",
+        "Sure, here is what I found",  # the first piece: a few words, cut before "about"
+        "about the weather today: it will be sunny, with a high of twenty-four degrees.",
         "Tomorrow, rain is expected in the afternoon.",
         "Take an umbrella!",
     ]

@@ -175,7 +175,7 @@ def test_incremental_cut_waits_for_the_space_after_a_dot() -> None:
     assert splitter.flush() == " Next"
 
 
-def test_incremental_cut_speaks_an_early_first_clause_then_whole_sentences() -> None:
+def test_incremental_cut_speaks_a_few_first_words_then_whole_sentences() -> None:
     splitter = IncrementalSplitter("en", POLICY)
     pieces = _feed_words(
         splitter,
@@ -184,10 +184,42 @@ def test_incremental_cut_speaks_an_early_first_clause_then_whole_sentences() -> 
     )
     pieces.append(splitter.flush())
     assert [p.strip() for p in pieces] == [
-        "Sure, here is what I found about the weather today:",  # "Sure," alone is too short
-        "it will be sunny, with a high of 24.",
+        "Sure, here is what I found",  # four words or more, cut before "about"
+        "about the weather today: it will be sunny, with a high of 24.",
         "Tomorrow, as far as I can tell, rain is expected.",
     ]
+
+
+@pytest.mark.parametrize(
+    ("language", "answer", "first"),
+    [
+        ("en", "The capital of France is Paris.", "The capital of France"),
+        ("en", "There are seven days in a week.", "There are seven days"),
+        ("en", "Two plus three equals five.", "Two plus three equals five."),  # the sentence ends first
+        ("en", "Hello! How can I help?", "Hello!"),
+        ("en", "Absolutely marvellous sunny weather awaits everyone tomorrow morning everywhere.", None),
+        ("fr", "La capitale de l'Espagne est Madrid.", "La capitale de l'Espagne"),
+        ("fr", "Il y a sept jours dans une semaine.", "Il y a sept jours"),
+        ("fr", "Bonjour, je suis ravi de vous aider.", "Bonjour, je suis ravi"),
+        ("fr", "Je pense qu'il pleuvra demain.", "Je pense qu'il pleuvra demain."),  # "qu'il" after 2 words
+    ],
+)
+def test_incremental_first_piece_ends_at_a_natural_boundary_after_a_few_words(
+    language: str, answer: str, first: str | None
+) -> None:
+    splitter = IncrementalSplitter(language, POLICY)
+    pieces = [*_feed_words(splitter, answer), splitter.flush()]
+    if first is None:  # no boundary: cut after the eighth word
+        assert pieces[0].split() == answer.split()[: POLICY.first_chunk_max_words]
+    else:
+        assert pieces[0].strip() == first
+
+
+def test_incremental_first_piece_waits_for_whole_words() -> None:
+    splitter = IncrementalSplitter("en", POLICY)
+    assert splitter.feed("The capital of France i") == []  # "i" may be "in", "is" or "island"
+    assert splitter.feed("s") == []
+    assert splitter.feed(" Paris") == ["The capital of France"]
 
 
 def test_incremental_cut_does_not_split_abbreviations_or_code() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import runpy
 import sys
 
-BENCHMARKS = ("bench.stt", "bench.llm", "bench.tts", "bench.e2e", "bench.load", "bench.soak")
+BENCHMARKS = ("bench.stt", "bench.llm", "bench.tts", "bench.e2e", "bench.gateway", "bench.load", "bench.soak")
 
 if __name__ == "__main__":
     only = sys.argv[1:] or [b.split(".")[1] for b in BENCHMARKS]

@@ -139,7 +139,10 @@ class RealtimeSession:
         self.conv: Conversation | None = None
         self._conv_key: tuple[Any, ...] | None = None
         self._channel: grpc.aio.Channel | None = None
-        self._events: asyncio.Queue[pb.ConverseResponse | None] = asyncio.Queue()
+        # Converse events, tagged with the Converse session they came from: a reopened session
+        # (same session id, for the LLM history) numbers its turns from 1 again.
+        self._events: asyncio.Queue[tuple[int, pb.ConverseResponse] | None] = asyncio.Queue()
+        self._generation = 0
         self._translator: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._send_lock = asyncio.Lock()
@@ -428,17 +431,20 @@ class RealtimeSession:
         """The Converse session, opened on first use and reopened when its settings changed
         (the LLM keeps the history under the same session id)."""
         key = self.state.converse_key()
-        if self.conv is not None and key == self._conv_key and not self.conv.ended:
+        if self.conv is not None and not self.conv.ended and (key == self._conv_key or self._active() is not None):
+            # New settings apply from the next turn: reopening now would cut the answer short.
             return self.conv
         await self._close_converse(grace=0.5)
         if self._channel is None:
             self._channel = open_channel(self.app.settings.orchestrator, self.app.settings.server)
+        self._generation += 1
+        generation = self._generation
         self.conv = Conversation(
             self._channel,
             await self._options(),
             _PlaybackClock(),
             input_rate=SPEECH_RATE,
-            on_event=self._events.put_nowait,
+            on_event=lambda r: self._events.put_nowait((generation, r)),
             start_timeout=10.0,
         )
         self._conv_key = key
@@ -626,9 +632,9 @@ class RealtimeSession:
 
     # ------------------------------------------------------------------ Converse → Realtime
     async def _translate(self) -> None:
-        while (r := await self._events.get()) is not None:
+        while (item := await self._events.get()) is not None:
             try:
-                await self._on_converse(r)
+                await self._on_converse(*item)
             except Exception as exc:
                 log.exception("realtime translation failed", error=str(exc))
 
@@ -639,14 +645,15 @@ class RealtimeSession:
             self._speech_item = _id("item")
         return self._speech_item
 
-    async def _on_converse(self, r: pb.ConverseResponse) -> None:
+    async def _on_converse(self, generation: int, r: pb.ConverseResponse) -> None:
         kind = r.WhichOneof("event")
+        turn_id = f"{generation}/{r.turn_id}" if r.turn_id else ""
         if kind == "speech":
             await self._on_speech(r.speech.started)
         elif kind == "transcript":
-            await self._on_transcript(r)
+            await self._on_transcript(r, turn_id)
         elif kind == "reply_text":
-            resp = await self._response(r.turn_id)
+            resp = await self._response(turn_id)
             if resp is not None and not resp.done:
                 resp.text.append(r.reply_text.delta)
                 delta_type = (
@@ -654,20 +661,21 @@ class RealtimeSession:
                 )
                 await self.send({"type": delta_type, **self._where(resp), "delta": r.reply_text.delta})
         elif kind == "reply_audio":
-            resp = await self._response(r.turn_id)
+            resp = await self._response(turn_id)
             if resp is not None and not resp.done:
                 await self._on_audio(resp, r.reply_audio)
         elif kind == "stop_playback":
-            resp = self.responses.get(r.stop_playback.turn_id or r.turn_id)
+            stopped = r.stop_playback.turn_id or r.turn_id
+            resp = self.responses.get(f"{generation}/{stopped}")
             if resp is not None and not resp.done and not resp.cancel_reason:
                 resp.cancel_reason = "turn_detected" if r.stop_playback.reason == "barge_in" else "client_cancelled"
         elif kind == "latency":
-            resp = await self._response(r.turn_id)
+            resp = await self._response(turn_id)
             if resp is not None and not resp.done:
                 interrupted = r.latency.interrupted or bool(resp.cancel_reason)
                 await self._finish(resp, "cancelled" if interrupted else "completed")
         elif kind == "error":
-            await self._on_stage_error(r)
+            await self._on_stage_error(r, turn_id)
 
     def _text_only(self) -> bool:
         return self.state.output_modalities == ["text"]
@@ -695,7 +703,7 @@ class RealtimeSession:
         await self._user_item_added(item, audio=True)
         self._transcribing.append(item)
 
-    async def _on_transcript(self, r: pb.ConverseResponse) -> None:
+    async def _on_transcript(self, r: pb.ConverseResponse, turn_id: str) -> None:
         t = r.transcript
         item = self._user_item()
         sent = self._partial.get(item, "")
@@ -731,8 +739,8 @@ class RealtimeSession:
         done = {"id": item, "object": "realtime.item", "type": "message", "role": "user", "status": "completed",
                 "content": [{"type": "input_audio", "transcript": text}]}  # fmt: skip
         await self.send({"type": "conversation.item.done", "item": done})
-        if r.turn_id:
-            await self._response(r.turn_id)
+        if turn_id:
+            await self._response(turn_id)
         elif self._expect_turn:
             self._expect_turn -= 1  # a commit that held no words: no answer will come
 
@@ -844,14 +852,14 @@ class RealtimeSession:
             details = {"type": "failed", "error": error}
         await self.send({"type": "response.done", "response": self._response_object(resp, status, details)})
 
-    async def _on_stage_error(self, r: pb.ConverseResponse) -> None:
+    async def _on_stage_error(self, r: pb.ConverseResponse, turn_id: str) -> None:
         e = r.error
         stage = pb.Stage.Name(e.stage).removeprefix("STAGE_").lower()
         code = f"{stage}_degraded" if e.degraded else f"{stage}_failed"
         err = ApiError(503, f"{stage}: {e.message}", type="server_error", code=code)
         await self.error(err)
-        if not e.degraded and r.turn_id:
-            resp = await self._response(r.turn_id)
+        if not e.degraded and turn_id:
+            resp = await self._response(turn_id)
             if resp is not None and not resp.done:
                 await self._finish(resp, "failed", {"type": "server_error", "code": e.code, "message": e.message})
 

@@ -98,3 +98,16 @@ async def test_spoken_conversation_then_cancel(gw: GatewayFleet) -> None:
         await conn.response.cancel()
         error = await collect(conn, lambda e: e.type == "error", 10)
         assert error[-1].error.code == "response_cancel_not_active"
+
+        # New instructions reopen the Converse session under the same id (the LLM keeps the
+        # history); its turns are numbered from 1 again and still get their own response.
+        await conn.session.update(session={"type": "realtime", "instructions": "Answer with one word."})
+        await collect(conn, lambda e: e.type == "session.updated", 10)
+        await conn.conversation.item.create(
+            item={"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Say hello."}]}
+        )
+        await conn.response.create()
+        last = await collect(conn, lambda e: e.type == "response.done", 120)
+        created = [e.response.id for e in last if e.type == "response.created"]
+        assert len(created) == 1 and created[0] not in (done.id, response_id)
+        assert last[-1].response.status == "completed" and any(e.type == "response.output_audio.delta" for e in last)

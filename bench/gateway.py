@@ -1,0 +1,378 @@
+"""Gateway benchmark: what the translation layer adds over calling the services directly.
+
+``python -m bench.gateway [--rounds N] [--turns N] [--out reports/bench_gateway.json]``
+
+Starts the real fleet as subprocesses (``services.fleet``, the containers' commands: STT
+Whisper base, LLM SmolLM2 135M, TTS Piper joe, the orchestrator and the gateway), then from
+this process times each kind of call both ways, interleaved so the shared CPU's drift hits both
+alike:
+
+- transcription: gRPC ``Recognize`` vs ``POST /v1/audio/transcriptions`` (the same WAV; the
+  STT result cache answers both after the first call, so the difference is the gateway's own
+  cost: HTTP, multipart, a second gRPC hop);
+- speech: ``SynthesizeStream`` first chunk vs ``POST /v1/audio/speech`` (pcm) first bytes
+  (the TTS phrase cache likewise);
+- chat: ``Generate`` first delta vs the first content chunk of a streamed chat completion;
+- Wyoming: ``StreamingRecognize`` final vs the Wyoming ``transcript``; ``SynthesizeStream``
+  first chunk vs the first Wyoming ``audio-chunk``;
+- Realtime: ``Converse`` vs ``/v1/realtime``, time to first answer audio after the last chunk
+  of a spoken question (the bundled recording plus silence) was sent.
+
+Clients are the plainest for each protocol (httpx, websockets, the wyoming package, grpc.aio),
+so the figures are the gateway's, not an SDK's. The goal: at most 10 ms added at p50 per call,
+and Realtime's first audio within 50 ms of Converse's. Timing on a shared CPU is noisy: the
+report gives medians of each path and their difference from the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import platform
+import statistics
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import websockets
+from wyoming.asr import Transcribe
+from wyoming.audio import AudioChunk, AudioStart, AudioStop
+from wyoming.client import AsyncTcpClient
+from wyoming.tts import Synthesize, SynthesizeVoice
+
+from parole.audio.v1 import audio_pb2
+from parole.llm.v1 import llm_pb2, llm_pb2_grpc
+from parole.orchestrator.v1 import orchestrator_pb2 as orch_pb2
+from parole.orchestrator.v1 import orchestrator_pb2_grpc
+from parole.stt.v1 import stt_pb2, stt_pb2_grpc
+from parole.tts.v1 import tts_pb2, tts_pb2_grpc
+from services.fleet import DEFAULT, REPO, Fleet, announce
+from services.runtime import healthcheck
+from services.runtime.audio import chunks, read_wav, resample_pcm16, silence
+
+VOICE = "en_US-joe-medium"
+SMOLLM = "smollm2-135m-instruct-q4_1"
+QUESTION = REPO / "client" / "demo" / "en-capital-france.wav"
+SENTENCE = "The capital of France is Paris."
+PCM16K = audio_pb2.AudioFormat(sample_rate_hz=16000, encoding=audio_pb2.AUDIO_ENCODING_PCM_S16LE, channels=1)
+Timer = Callable[[], Awaitable[float]]
+
+
+def stats(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    return {
+        "n": len(values),
+        "p50_ms": round(statistics.median(values) * 1000, 2),
+        "p95_ms": round(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))] * 1000, 2),
+        "min_ms": round(ordered[0] * 1000, 2),
+    }
+
+
+async def compare(name: str, direct: Timer, gateway: Timer, rounds: int, goal_ms: float) -> dict[str, Any]:
+    """Both paths once to warm up, then ``rounds`` interleaved pairs."""
+    await direct()
+    await gateway()
+    times: dict[str, list[float]] = {"direct": [], "gateway": []}
+    for i in range(rounds):
+        pair = [("direct", direct), ("gateway", gateway)]
+        for label, timer in pair if i % 2 == 0 else reversed(pair):
+            times[label].append(await timer())
+    row: dict[str, Any] = {"call": name, "direct": stats(times["direct"]), "gateway": stats(times["gateway"])}
+    added = row["gateway"]["p50_ms"] - row["direct"]["p50_ms"]
+    row["added_p50_ms"] = round(added, 2)
+    row["goal_ms"] = goal_ms
+    row["within_goal"] = added <= goal_ms
+    print(
+        f"{name:<26} direct p50 {row['direct']['p50_ms']:8.1f} ms   gateway p50 {row['gateway']['p50_ms']:8.1f} ms"
+        f"   added {added:+7.1f} ms (goal <= {goal_ms:g})",
+        flush=True,
+    )
+    return row
+
+
+class Bench:
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
+        self.channels = {n: grpc.aio.insecure_channel(fleet.target(n)) for n in ("stt", "llm", "tts", "orchestrator")}
+        self.stt = stt_pb2_grpc.SttServiceStub(self.channels["stt"])
+        self.llm = llm_pb2_grpc.LlmServiceStub(self.channels["llm"])
+        self.tts = tts_pb2_grpc.TtsServiceStub(self.channels["tts"])
+        self.orch = orchestrator_pb2_grpc.OrchestratorServiceStub(self.channels["orchestrator"])
+        self.http_port = fleet.extra_port("gateway", "HTTP__PORT")
+        self.base = f"http://127.0.0.1:{self.http_port}/v1"
+        self.http = httpx.AsyncClient(base_url=self.base, timeout=120)
+        self.wav = QUESTION.read_bytes()
+        self.question = read_wav(QUESTION)
+
+    async def close(self) -> None:
+        await self.http.aclose()
+        for channel in self.channels.values():
+            await channel.close()
+
+    # ------------------------------------------------------------------ unary-ish calls
+    async def health_direct(self) -> float:
+        t = time.perf_counter()
+        await healthcheck.status(self.channels["stt"])
+        return time.perf_counter() - t
+
+    async def health_gateway(self) -> float:
+        t = time.perf_counter()
+        (await self.http.get(f"http://127.0.0.1:{self.http_port}/health")).raise_for_status()
+        return time.perf_counter() - t
+
+    async def stt_direct(self) -> float:
+        t = time.perf_counter()
+        config = stt_pb2.RecognitionConfig(
+            language="en", audio_format=audio_pb2.AudioFormat(encoding=audio_pb2.AUDIO_ENCODING_WAV)
+        )
+        await self.stt.Recognize(stt_pb2.RecognizeRequest(config=config, audio=self.wav), timeout=60)
+        return time.perf_counter() - t
+
+    async def stt_gateway(self) -> float:
+        t = time.perf_counter()
+        r = await self.http.post("/audio/transcriptions", files={"file": ("q.wav", self.wav)}, data={"language": "en"})
+        r.raise_for_status()
+        return time.perf_counter() - t
+
+    async def tts_direct(self) -> float:
+        t = time.perf_counter()
+        config = tts_pb2.SynthesisConfig(voice=VOICE, sample_rate_hz=24000)
+        call = self.tts.SynthesizeStream(tts_pb2.SynthesizeStreamRequest(text=SENTENCE, config=config), timeout=60)
+        async for _ in call:
+            break
+        elapsed = time.perf_counter() - t
+        call.cancel()
+        return elapsed
+
+    async def tts_gateway(self) -> float:
+        t = time.perf_counter()
+        body = {"model": "tts-1", "voice": VOICE, "input": SENTENCE, "response_format": "pcm"}
+        async with self.http.stream("POST", "/audio/speech", json=body) as r:
+            r.raise_for_status()
+            async for _ in r.aiter_raw():
+                break
+            return time.perf_counter() - t
+
+    async def llm_direct(self) -> float:
+        t = time.perf_counter()
+        request = llm_pb2.GenerateRequest(
+            messages=[
+                llm_pb2.ChatMessage(role=llm_pb2.ROLE_SYSTEM, content="You are a helpful assistant."),
+                llm_pb2.ChatMessage(role=llm_pb2.ROLE_USER, content="Say hello."),
+            ],
+            options=llm_pb2.GenerationOptions(max_tokens=8),
+        )
+        elapsed = 0.0
+        async for r in self.llm.Generate(request, timeout=60):
+            if r.WhichOneof("response") == "delta" and not elapsed:
+                elapsed = time.perf_counter() - t
+        return elapsed
+
+    async def llm_gateway(self) -> float:
+        t = time.perf_counter()
+        body = {"model": "x", "messages": [{"role": "user", "content": "Say hello."}], "stream": True, "max_tokens": 8}
+        elapsed = 0.0
+        async with self.http.stream("POST", "/chat/completions", json=body) as r:
+            r.raise_for_status()
+            async for line in r.aiter_lines():
+                if not elapsed and '"content": "' in line and '"content": ""' not in line:
+                    elapsed = time.perf_counter() - t
+        return elapsed
+
+    # ------------------------------------------------------------------ Wyoming
+    async def asr_direct(self) -> float:
+        pcm = self.question.data + silence(0.3)
+
+        async def requests() -> Any:
+            yield stt_pb2.StreamingRecognizeRequest(
+                config=stt_pb2.RecognitionConfig(language="en", audio_format=PCM16K)
+            )
+            for piece in chunks(pcm, 16000, 100):
+                yield stt_pb2.StreamingRecognizeRequest(audio=piece)
+
+        t = time.perf_counter()
+        async for _ in self.stt.StreamingRecognize(requests(), timeout=60):
+            pass
+        return time.perf_counter() - t
+
+    async def asr_wyoming(self) -> float:
+        pcm = self.question.data + silence(0.3)
+        async with AsyncTcpClient("127.0.0.1", self.fleet.extra_port("gateway", "WYOMING__ASR_PORT")) as client:
+            t = time.perf_counter()
+            await client.write_event(Transcribe(language="en").event())
+            await client.write_event(AudioStart(rate=16000, width=2, channels=1).event())
+            for piece in chunks(pcm, 16000, 100):
+                await client.write_event(AudioChunk(rate=16000, width=2, channels=1, audio=piece).event())
+            await client.write_event(AudioStop().event())
+            while (event := await client.read_event()) is not None and event.type != "transcript":
+                pass
+            return time.perf_counter() - t
+
+    async def tts_wyoming(self) -> float:
+        async with AsyncTcpClient("127.0.0.1", self.fleet.extra_port("gateway", "WYOMING__TTS_PORT")) as client:
+            t = time.perf_counter()
+            await client.write_event(Synthesize(text=SENTENCE, voice=SynthesizeVoice(name=VOICE)).event())
+            while (event := await client.read_event()) is not None and event.type != "audio-chunk":
+                pass
+            elapsed = time.perf_counter() - t
+            while (event := await client.read_event()) is not None and event.type != "audio-stop":
+                pass
+            return elapsed
+
+    async def tts_direct_native(self) -> float:
+        """SynthesizeStream at the voice's own rate, as the Wyoming server asks for it."""
+        t = time.perf_counter()
+        call = self.tts.SynthesizeStream(
+            tts_pb2.SynthesizeStreamRequest(text=SENTENCE, config=tts_pb2.SynthesisConfig(voice=VOICE)), timeout=60
+        )
+        async for _ in call:
+            break
+        elapsed = time.perf_counter() - t
+        call.cancel()
+        return elapsed
+
+    # ------------------------------------------------------------------ conversation
+    async def converse_direct(self) -> float:
+        pcm = self.question.data + silence(1.5)
+        config = orch_pb2.SessionConfig(
+            session_id=f"bench-{uuid.uuid4().hex[:12]}",
+            language="en",
+            voice=VOICE,
+            input_format=PCM16K,
+            output_sample_rate_hz=24000,
+            barge_in=True,
+            interim_results=True,
+        )
+        queue: asyncio.Queue[orch_pb2.ConverseRequest | None] = asyncio.Queue()
+        sent = asyncio.Event()
+        sent_at = 0.0
+
+        async def requests() -> Any:
+            nonlocal sent_at
+            yield orch_pb2.ConverseRequest(config=config)
+            for piece in chunks(pcm, 16000, 100):
+                yield orch_pb2.ConverseRequest(audio=piece)
+            sent_at = time.perf_counter()
+            sent.set()
+            while (item := await queue.get()) is not None:
+                yield item
+
+        call = self.orch.Converse(requests(), timeout=120)
+        try:
+            async for r in call:
+                if r.WhichOneof("event") == "reply_audio" and r.reply_audio.audio:
+                    await sent.wait()
+                    return time.perf_counter() - sent_at
+        finally:
+            call.cancel()
+        raise RuntimeError("Converse ended without answer audio")
+
+    async def converse_gateway(self) -> float:
+        pcm = resample_pcm16(self.question.data + silence(1.5), 16000, 24000)
+        url = self.base.replace("http", "ws") + "/realtime"
+        async with websockets.connect(url, max_size=None) as ws:
+            update = {
+                "type": "session.update",
+                "session": {
+                    "type": "realtime",
+                    "audio": {"input": {"transcription": {"language": "en"}}, "output": {"voice": VOICE}},
+                },
+            }
+            await ws.send(json.dumps(update))
+            while json.loads(await ws.recv())["type"] != "session.updated":
+                pass
+            for piece in chunks(pcm, 24000, 100):
+                await ws.send(
+                    json.dumps({"type": "input_audio_buffer.append", "audio": base64.b64encode(piece).decode()})
+                )
+            sent_at = time.perf_counter()
+            while True:
+                event = json.loads(await ws.recv())
+                if event["type"] == "response.output_audio.delta":
+                    return time.perf_counter() - sent_at
+
+
+async def run(rounds: int, model_rounds: int, turns: int) -> dict[str, Any]:
+    # Greedy, short answers: the same question gets the same answer every time, so the LLM's
+    # sampling does not add its own spread to the comparison of the two paths.
+    env = {
+        "llm": {
+            "LLM_BACKENDS": '["llamacpp", "canned"]',
+            "LLM_LLAMACPP__MODEL": SMOLLM,
+            "LLM_TEMPERATURE": "0",
+            "LLM_MAX_TOKENS": "32",
+        },
+        "gateway": {"GATEWAY_LOG__LEVEL": "WARNING"},
+    }
+    fleet = Fleet(
+        DEFAULT,
+        env=env,
+        ports=dict.fromkeys(DEFAULT, 0),
+        metrics_ports=dict.fromkeys(DEFAULT, 0),
+        log_dir=REPO / "reports" / "bench_gateway_fleet",
+        on_ready=announce,
+    )
+    results: dict[str, Any] = {
+        "benchmark": "gateway",
+        "host": {
+            "cpus": os.cpu_count(),
+            "machine": platform.machine(),
+            "python": platform.python_version(),
+            "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        },
+        "settings": {
+            "rounds": rounds,
+            "model_rounds": model_rounds,
+            "realtime_turns": turns,
+            "fleet": "subprocesses (services.fleet); STT Whisper base, LLM SmolLM2 135M, TTS Piper joe",
+            "clients": "httpx, websockets, wyoming, grpc.aio from one process; calls one at a time",
+            "caches": "STT result cache and TTS phrase cache on (the services' defaults): after the first call "
+            "both paths hit them, so differences are the gateway's own",
+        },
+    }
+    async with fleet:
+        bench = Bench(fleet)
+        try:
+            results["calls"] = [
+                # The floor: a health check each way (no work behind it): what HTTP and its
+                # client cost against gRPC and its client on this host.
+                await compare("health (no work)", bench.health_direct, bench.health_gateway, rounds, 10),
+                await compare("transcription", bench.stt_direct, bench.stt_gateway, rounds, 10),
+                await compare("speech (first bytes)", bench.tts_direct, bench.tts_gateway, rounds, 10),
+                await compare("chat (first token)", bench.llm_direct, bench.llm_gateway, model_rounds, 10),
+                await compare("wyoming asr (transcript)", bench.asr_direct, bench.asr_wyoming, model_rounds, 10),
+                await compare("wyoming tts (first audio)", bench.tts_direct_native, bench.tts_wyoming, rounds, 10),
+            ]
+            results["realtime"] = await compare(
+                "realtime first audio", bench.converse_direct, bench.converse_gateway, turns, 50
+            )
+        finally:
+            await bench.close()
+    results["host"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.gateway", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=30, help="interleaved pairs per cached call kind")
+    parser.add_argument(
+        "--model-rounds", type=int, default=10, help="interleaved pairs of calls that run a model (chat, Wyoming ASR)"
+    )
+    parser.add_argument("--turns", type=int, default=8, help="interleaved pairs of spoken Realtime/Converse turns")
+    parser.add_argument("--out", type=Path, default=Path("reports/bench_gateway.json"))
+    args = parser.parse_args()
+    results = asyncio.run(run(args.rounds, args.model_rounds, args.turns))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    print(f"report: {args.out}")
+
+
+if __name__ == "__main__":
+    main()

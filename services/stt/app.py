@@ -49,6 +49,8 @@ def build_engine(spec: EngineSettings, settings: SttSettings, placement: Placeme
         workers=settings.decode_workers,
         temperatures=settings.temperatures,
         english_only=spec.english_only,
+        window_padding_seconds=spec.window_padding_seconds,
+        pad_with_silence=spec.window_silence_floor,
     )
 
 

@@ -38,6 +38,19 @@ class EngineSettings(BaseModel):
     english_only: bool = False
     """The model only knows English (tiny.en, base.en): skipped for other configured languages."""
 
+    window_padding_seconds: float | None = Field(default=6.0, ge=0, le=30)
+    """Whisper's encoder sees the utterance plus this much silence instead of its fixed 30 s
+    window (rounded up to whole seconds): on CPU the encoder's cost follows its input, so a
+    3 s question decodes several times faster (``python -m bench.stt_window`` measures it
+    with the WER on real recordings). With less padding Whisper base more often loops or
+    stops early; a degenerate result (a phrase repeated, too many words for the audio, the
+    length bound hit) is decoded again with the full window. None: always the full 30 s; on a
+    GPU the encoder is cheap, so the GPU profile (stt.gpu.yaml) keeps the full window."""
+    window_silence_floor: bool = True
+    """Pad the encoder window with the log-mel of silence, as Whisper was trained, rather
+    than faster-whisper's zeros (which read as faint noise); with the short window it
+    recovered most of the French accuracy the zeros lost (bench.stt_window)."""
+
     @model_validator(mode="after")
     def _check_name(self) -> EngineSettings:
         if not ENGINE_NAME.match(self.name):

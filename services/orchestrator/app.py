@@ -13,7 +13,7 @@ from parole.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from parole.stt.v1 import stt_pb2_grpc
 from parole.tts.v1 import tts_pb2_grpc
 from services.orchestrator.config import OrchestratorSettings
-from services.orchestrator.pipeline import Stubs
+from services.orchestrator.guard import Stubs
 from services.orchestrator.servicer import OrchestratorServicer
 from services.runtime import healthcheck
 from services.runtime.channel import open_channel

@@ -1,4 +1,4 @@
-"""gRPC side of the orchestrator: admission and hand-off to the conversation pipeline."""
+"""gRPC side of the orchestrator: admission and hand-off to the conversation (session.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import grpc
 from parole.orchestrator.v1 import orchestrator_pb2 as pb
 from parole.orchestrator.v1 import orchestrator_pb2_grpc
 from services.orchestrator.config import OrchestratorSettings
-from services.orchestrator.pipeline import Stubs, converse
+from services.orchestrator.guard import Stubs
+from services.orchestrator.session import converse
 from services.runtime.errors import ResourceExhausted
 
 

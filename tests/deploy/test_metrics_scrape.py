@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from parole.orchestrator.v1 import orchestrator_pb2 as pb
 from parole.orchestrator.v1 import orchestrator_pb2_grpc
 from services.fleet import CATALOG, Fleet
-from services.orchestrator import pipeline
+from services.orchestrator import metrics as orchestrator_metrics
 from services.orchestrator.app import OrchestratorApp
 from services.orchestrator.config import OrchestratorSettings
 from services.runtime.config import ServerSettings, load_settings
@@ -144,7 +144,7 @@ def orchestrator_settings(fleet: Fleet, monkeypatch: pytest.MonkeyPatch) -> Orch
 def orchestrator_families() -> set[str]:
     """Metric families defined by the orchestrator's own code."""
     names: set[str] = set()
-    for obj in vars(pipeline).values():
+    for obj in vars(orchestrator_metrics).values():
         if isinstance(obj, MetricWrapperBase):
             names.update(m.name for m in obj.describe())
     assert "parole_turn_latency_seconds" in names

@@ -1,4 +1,4 @@
-"""The microphone gate and the audio clock, on their own."""
+"""The microphone gate, the audio clock and the session's settings, on their own."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import pytest
 from parole.audio.v1 import audio_pb2
 from parole.orchestrator.v1 import orchestrator_pb2 as pb
 from services.orchestrator.config import OrchestratorSettings
-from services.orchestrator.pipeline import AudioClock, MicGate, SessionSettings
+from services.orchestrator.gate import AudioClock, MicGate
+from services.orchestrator.session import SessionSettings
 from services.runtime.errors import InvalidArgument
 
 
@@ -95,28 +96,3 @@ def test_bad_session_config_names_the_field(config: pb.SessionConfig, field: str
     with pytest.raises(InvalidArgument) as err:
         SessionSettings.from_config(config, OrchestratorSettings())
     assert field in err.value.fields
-
-
-async def test_only_finals_with_words_start_a_turn() -> None:
-    from parole.stt.v1 import stt_pb2
-    from services.orchestrator.pipeline import Conversation
-
-    settings = OrchestratorSettings()
-    conv = Conversation(None, settings, SessionSettings.from_config(cfg(language="en"), settings))  # type: ignore[arg-type]
-
-    def final(text: str) -> stt_pb2.StreamingRecognizeResponse:
-        return stt_pb2.StreamingRecognizeResponse(result=stt_pb2.RecognitionResult(transcript=text, is_final=True))
-
-    conv._on_stt(final(". . ."))  # Whisper's transcript of a cough: shown, not answered
-    conv._on_stt(final(""))
-    assert conv.turns.empty()
-    conv._on_stt(final(" hello "))
-    turn = conv.turns.get_nowait()
-    assert turn is not None and turn.text == "hello"
-    shown = []
-    while not conv.outbox.empty():
-        msg = conv.outbox.get_nowait()
-        assert isinstance(msg, pb.ConverseResponse)
-        shown.append((msg.transcript.text, msg.turn_id))
-    # Every final is shown to the client; only the one with words carries a turn id.
-    assert shown == [(". . .", ""), ("", ""), (" hello ", turn.turn_id)]

@@ -1,0 +1,73 @@
+"""The three services a conversation calls, and how a turn calls the two it depends on:
+under a circuit breaker, with every failure turned into a reason the turn can degrade on
+(a canned reply when the LLM fails, text only when the TTS does) instead of an exception."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import grpc
+
+from parole.llm.v1 import llm_pb2_grpc
+from parole.stt.v1 import stt_pb2_grpc
+from parole.tts.v1 import tts_pb2_grpc
+from services.runtime.resilience import BreakerOpen, Breakers
+
+# Status codes that say a service (or the way to it) is down or sick: they count against its
+# breaker. The others (a request it refused, a busy model, a turn cancelled by a barge-in)
+# say nothing about its health.
+OUTAGE_CODES = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
+)
+
+CANNED = {
+    "fr": "Désolé, le modèle de langage est indisponible pour le moment. Vous avez dit : {text}",
+    "en": "Sorry, the language model is unavailable right now. You said: {text}",
+}
+
+
+def canned_reply(language: str, heard: str) -> str:
+    """What the assistant says when no language model answered: an apology and what it heard,
+    so the user knows they were understood."""
+    return CANNED.get(language, CANNED["en"]).format(text=heard)
+
+
+@dataclass
+class Stubs:
+    """Clients of the three services, and the breakers of the two a turn calls (shared by
+    every session: one outage opens them for all)."""
+
+    stt: stt_pb2_grpc.SttServiceAsyncStub
+    llm: llm_pb2_grpc.LlmServiceAsyncStub
+    tts: tts_pb2_grpc.TtsServiceAsyncStub
+    breakers: Breakers = field(default_factory=lambda: Breakers("orchestrator"))
+
+
+class Failed(NamedTuple):
+    """Why a stage call failed: a status from the service, or its breaker standing open."""
+
+    code: str
+    details: str
+
+
+async def guarded(breakers: Breakers, name: str, call: Callable[[], Awaitable[None]]) -> Failed | None:
+    """Runs ``call`` under the service's breaker. Outages count against it; a breaker that
+    stands open fails at once without calling. Returns what went wrong, or None."""
+    try:
+        async with await breakers.guard(name):
+            try:
+                await call()
+            except grpc.aio.AioRpcError as err:
+                if err.code() in OUTAGE_CODES:
+                    raise
+                return Failed(err.code().name, err.details() or "")
+    except BreakerOpen:
+        return Failed(
+            "UNAVAILABLE",
+            f"{name} service not called: its circuit breaker is open, one turn retries it every {breakers.ttl:g} s",
+        )
+    except grpc.aio.AioRpcError as err:
+        return Failed(err.code().name, err.details() or "")
+    return None

@@ -1,0 +1,20 @@
+"""The orchestrator's Prometheus metrics, all in one place. Labels stay low-cardinality: no
+session or turn ids (those are on each turn's ``TurnLatency`` record instead). The breakers'
+states are exported by ``services.runtime.resilience`` (``parole_breaker_state``)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+TURN_LATENCY = Histogram(
+    "parole_turn_latency_seconds",
+    "Seconds from the end of the user's speech to each point of the answer.",
+    ["stage"],
+    buckets=(0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 7.5, 10, 15, 30, 60),
+)
+TURNS = Counter("parole_turns_total", "Conversation turns by outcome.", ["outcome"])
+STAGE_ERRORS = Counter("parole_stage_errors_total", "Stage failures seen by the orchestrator.", ["stage", "degraded"])
+SESSIONS = Gauge("parole_sessions_active", "Conversations in progress.")
+GATED_AUDIO = Counter(
+    "parole_gated_audio_seconds_total", "Microphone audio ignored while the answer played (anti-feedback)."
+)

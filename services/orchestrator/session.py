@@ -1,0 +1,225 @@
+"""A conversation: the session's settings, and ``Conversation``, which wires the stages
+together and runs them for one Converse stream."""
+
+from __future__ import annotations
+
+import functools
+import re
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import structlog
+
+from parole.audio.v1 import audio_pb2
+from parole.orchestrator.v1 import orchestrator_pb2 as pb
+from parole.stt.v1 import stt_pb2
+from services.orchestrator.config import OrchestratorSettings
+from services.orchestrator.gate import Gatekeeper, MicGate
+from services.orchestrator.guard import Stubs
+from services.orchestrator.metrics import SESSIONS
+from services.orchestrator.outbox import Outbox
+from services.orchestrator.stages.answer import Answer
+from services.orchestrator.stages.intake import Intake
+from services.orchestrator.stages.listen import Listen, recognition_config
+from services.orchestrator.stages.speak import Speak
+from services.orchestrator.stages.think import Think
+from services.orchestrator.turn import TurnQueue
+from services.runtime.audio import check_input_rate
+from services.runtime.errors import FailedPrecondition, InvalidArgument
+from services.runtime.logging import get_logger
+from services.runtime.streams import producing
+
+log = get_logger(__name__)
+
+SESSION_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
+
+
+@dataclass
+class SessionSettings:
+    """A session's config with the server defaults filled in."""
+
+    session_id: str
+    language: str
+    voice: str
+    persona: str
+    input_rate: int
+    output_rate: int
+    barge_in: bool
+    feedback_tail: float
+    playback_slack: float
+    end_of_speech_silence_ms: int
+    interim_results: bool
+    endpointing: stt_pb2.EndpointingMode.ValueType = stt_pb2.ENDPOINTING_MODE_UNSPECIFIED
+    """Passed to speech-to-text as is (unspecified: its own default)."""
+
+    @classmethod
+    def from_config(cls, cfg: pb.SessionConfig, settings: OrchestratorSettings) -> SessionSettings:
+        d = settings.defaults
+        session_id = cfg.session_id or uuid.uuid4().hex
+        if not SESSION_ID.match(session_id):
+            raise InvalidArgument(
+                "session_id may hold letters, digits, '-', '_' and '.', at most 128 characters",
+                fields={"config.session_id": "invalid characters or length"},
+            )
+        language = (cfg.language or d.language).lower()
+        if not re.fullmatch(r"[a-z]{2}", language):
+            raise InvalidArgument(
+                f"language must be an ISO 639-1 code such as 'fr' or 'en'; got {cfg.language!r}",
+                fields={"config.language": "not a two-letter code"},
+            )
+        if cfg.input_format.encoding not in (audio_pb2.AUDIO_ENCODING_UNSPECIFIED, audio_pb2.AUDIO_ENCODING_PCM_S16LE):
+            raise InvalidArgument(
+                "microphone audio must be PCM S16LE", fields={"config.input_format.encoding": "use PCM_S16LE"}
+            )
+        if cfg.input_format.channels > 1:
+            raise InvalidArgument("microphone audio must be mono", fields={"config.input_format.channels": "use 1"})
+        if cfg.output_sample_rate_hz and not 8000 <= cfg.output_sample_rate_hz <= 48000:
+            raise InvalidArgument(
+                "output_sample_rate_hz must be between 8000 and 48000 (0: the voice's own rate)",
+                fields={"config.output_sample_rate_hz": "out of range"},
+            )
+        if cfg.end_of_speech_silence_ms and not 100 <= cfg.end_of_speech_silence_ms <= 5000:
+            raise InvalidArgument(
+                "end_of_speech_silence_ms must be between 100 and 5000",
+                fields={"config.end_of_speech_silence_ms": "out of range"},
+            )
+        if cfg.endpointing not in stt_pb2.EndpointingMode.values():
+            raise InvalidArgument(
+                f"endpointing {cfg.endpointing} is not an EndpointingMode; use ENDPOINTING_MODE_SEMANTIC, "
+                "ENDPOINTING_MODE_SILENCE or leave it unspecified",
+                fields={"config.endpointing": "unknown value"},
+            )
+        tail_ms = cfg.feedback_tail_ms if cfg.HasField("feedback_tail_ms") else d.feedback_tail_ms
+        if tail_ms > 10_000:
+            raise InvalidArgument(
+                "feedback_tail_ms must be at most 10000", fields={"config.feedback_tail_ms": "too long"}
+            )
+        return cls(
+            session_id=session_id,
+            language=language,
+            voice=cfg.voice or d.voices.get(language, ""),
+            persona=cfg.persona,
+            input_rate=check_input_rate(cfg.input_format.sample_rate_hz, "config.input_format.sample_rate_hz"),
+            output_rate=cfg.output_sample_rate_hz,
+            barge_in=cfg.barge_in or d.barge_in,
+            feedback_tail=tail_ms / 1000,
+            playback_slack=d.playback_slack_ms / 1000,
+            end_of_speech_silence_ms=cfg.end_of_speech_silence_ms or d.end_of_speech_silence_ms,
+            interim_results=cfg.interim_results,
+            endpointing=cfg.endpointing,
+        )
+
+
+class Conversation:
+    """One Converse stream: the stages of the session, wired to each other."""
+
+    def __init__(self, stubs: Stubs, settings: OrchestratorSettings, session: SessionSettings) -> None:
+        s = self.s = session
+        self.log = log.bind(session_id=s.session_id)
+        self.outbox = Outbox(self.log)
+        self.turns = TurnQueue(s.session_id)
+        # With barge-in the microphone is never ignored, so the client hears nothing of the gate.
+        self.gate = Gatekeeper(
+            MicGate(s.feedback_tail, s.playback_slack), announce=None if s.barge_in else self._announce_gate
+        )
+        think = Think(
+            stubs.llm,
+            stubs.breakers,
+            session_id=s.session_id,
+            language=s.language,
+            persona=s.persona,
+            timeout=settings.llm_timeout_seconds,
+        )
+        speak = Speak(
+            stubs.tts,
+            stubs.breakers,
+            voice=s.voice,
+            language=s.language,
+            output_rate=s.output_rate,
+            # The TTS stream opens with the turn and waits on the LLM's text: its deadline
+            # spans the LLM's, so a canned reply after an LLM timeout is still spoken.
+            timeout=settings.llm_timeout_seconds + settings.tts_timeout_seconds,
+        )
+        self.answer = Answer(
+            think, speak, turns=self.turns, outbox=self.outbox, gate=self.gate, output_rate=s.output_rate, log=self.log
+        )
+        self.listen = Listen(
+            stubs.stt,
+            recognition_config(
+                language=s.language,
+                input_rate=s.input_rate,
+                interim_results=s.interim_results,
+                end_of_speech_silence_ms=s.end_of_speech_silence_ms,
+                endpointing=s.endpointing,
+            ),
+            outbox=self.outbox,
+            turns=self.turns,
+            barge_in=functools.partial(self.answer.interrupt, "barge_in") if s.barge_in else None,
+            interim_results=s.interim_results,
+            reconnect_max=settings.stt_reconnect_max_seconds,
+            log=self.log,
+        )
+        self.intake = Intake(
+            listen=self.listen,
+            gate=self.gate,
+            turns=self.turns,
+            interrupt=self.answer.interrupt,
+            input_rate=s.input_rate,
+            barge_in=s.barge_in,
+        )
+
+    async def run(self, requests: AsyncIterator[pb.ConverseRequest]) -> AsyncIterator[pb.ConverseResponse]:
+        """The session: the stages run at once, each emitting into the outbox, until the
+        client is done and its last turn answered (or a stage fails: the stream ends with its
+        error)."""
+        SESSIONS.inc()
+        s = self.s
+        self.outbox.emit(session_started=pb.SessionStarted(session_id=s.session_id, language=s.language, voice=s.voice))
+        try:
+            async with producing(
+                self.outbox.channel,
+                # 1. the client's messages: microphone audio (through the gate), playback
+                #    reports, interrupts, typed turns
+                self._take_in(requests),
+                # 2. microphone audio → STT stream → speech events, transcripts, spoken turns
+                self.listen.run(),
+                # 3. one turn at a time: think (LLM → text) → speak (text → TTS → audio),
+                #    released to the client through the turn's output
+                self.answer.run(),
+                # 4. the microphone reopens once the answer has played (plus the echo's tail)
+                self.gate.run(),
+            ) as messages:
+                async for msg in messages:
+                    yield msg
+        finally:
+            SESSIONS.dec()
+
+    async def _take_in(self, requests: AsyncIterator[pb.ConverseRequest]) -> None:
+        await self.intake.run(requests)
+        # The client closed its side: STT flushes (its last final may start a turn), then no
+        # more turns come, and the answer stage ends the stream once they are answered.
+        self.listen.finish()
+        await self.listen.stopped.wait()
+        self.turns.close()
+
+    def _announce_gate(self, turn_id: str, state: pb.MicrophoneState) -> None:
+        self.outbox.emit(turn_id, microphone=state)
+
+
+async def converse(
+    stubs: Stubs,
+    settings: OrchestratorSettings,
+    requests: AsyncIterator[pb.ConverseRequest],
+) -> AsyncIterator[pb.ConverseResponse]:
+    """The Converse RPC: validates the config message, then runs the conversation."""
+    try:
+        first = await anext(aiter(requests))
+    except StopAsyncIteration:
+        raise InvalidArgument("empty stream: send a SessionConfig first") from None
+    if first.WhichOneof("request") != "config":
+        raise FailedPrecondition("the first message must be the session config (SessionConfig), before any audio")
+    session = SessionSettings.from_config(first.config, settings)
+    structlog.contextvars.bind_contextvars(session_id=session.session_id)
+    async for msg in Conversation(stubs, settings, session).run(requests):
+        yield msg

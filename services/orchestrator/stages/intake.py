@@ -1,0 +1,88 @@
+"""Intake: the client's messages. Microphone audio goes through the gate to listen (or is
+dropped while the answer plays), playback reports go to the gate, an interrupt cuts the
+answer, and typed text becomes a turn as if it had been spoken."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+
+from parole.orchestrator.v1 import orchestrator_pb2 as pb
+from services.orchestrator.gate import Gatekeeper
+from services.orchestrator.metrics import GATED_AUDIO
+from services.orchestrator.stages.listen import Listen
+from services.orchestrator.turn import TurnQueue
+from services.runtime.audio import PCM16_WIDTH
+from services.runtime.errors import FailedPrecondition, InvalidArgument
+
+MAX_TEXT_TURN_CHARS = 2000
+
+
+class Intake:
+    """Reads the client's request stream until it half-closes."""
+
+    def __init__(
+        self,
+        *,
+        listen: Listen,
+        gate: Gatekeeper,
+        turns: TurnQueue,
+        interrupt: Callable[[str], None],
+        input_rate: int,
+        barge_in: bool,
+    ) -> None:
+        self.listen = listen
+        self.gate = gate
+        self.turns = turns
+        self.interrupt = interrupt
+        self.input_rate = input_rate
+        self.barge_in = barge_in
+
+    async def run(self, requests: AsyncIterator[pb.ConverseRequest]) -> None:
+        """Every message after the config; a bad one ends the session with its status."""
+        async for req in requests:
+            kind = req.WhichOneof("request")
+            if kind == "audio":
+                self.audio(req.audio)
+            elif kind == "playback":
+                self.playback(req.playback)
+            elif kind == "control":
+                if req.control.interrupt:
+                    self.interrupt("interrupt")
+            elif kind == "text":
+                self.text(req.text)
+            elif kind == "config":
+                raise FailedPrecondition("the session config may only be sent once, as the first message")
+            else:
+                raise InvalidArgument("empty ConverseRequest: set one of audio, playback, control or text")
+
+    def audio(self, data: bytes) -> None:
+        if len(data) % PCM16_WIDTH:
+            raise InvalidArgument(
+                f"microphone audio must hold whole 16-bit samples; got a chunk of {len(data)} bytes",
+                fields={"audio": "odd byte count"},
+            )
+        now = time.monotonic()
+        seconds = len(data) / PCM16_WIDTH / self.input_rate
+        if not self.barge_in and self.gate.closed(now):
+            GATED_AUDIO.inc(seconds)  # the client was told the microphone is gated
+            return
+        self.listen.feed(data, seconds, now)
+
+    def playback(self, event: pb.PlaybackEvent) -> None:
+        if event.type == pb.PLAYBACK_EVENT_TYPE_FINISHED:
+            self.gate.playback_finished(event.turn_id, time.monotonic())
+        elif event.type != pb.PLAYBACK_EVENT_TYPE_STARTED:
+            raise InvalidArgument("playback.type must be STARTED or FINISHED", fields={"playback.type": "unspecified"})
+
+    def text(self, text: str) -> None:
+        text = text.strip()
+        if not text:
+            raise InvalidArgument("a text turn must not be empty", fields={"text": "blank"})
+        if len(text) > MAX_TEXT_TURN_CHARS:
+            raise InvalidArgument(
+                f"a text turn may hold at most {MAX_TEXT_TURN_CHARS} characters; got {len(text)}",
+                fields={"text": "too long"},
+            )
+        now = time.monotonic()
+        self.turns.submit(text, start=now, final_at=now)

@@ -1,0 +1,167 @@
+"""Listen: microphone audio → the STT stream → speech events, transcripts and spoken turns.
+
+One STT stream stays open for the whole session (the STT service finds where each utterance
+ends); it is reopened if the service drops, and while it is down microphone audio is
+dropped (the client is told once) and typed turns still work. A final transcript with words
+in it becomes a turn, timed from when the user stopped speaking (``AudioClock``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+import structlog
+
+from parole.audio.v1 import audio_pb2
+from parole.orchestrator.v1 import orchestrator_pb2 as pb
+from parole.stt.v1 import stt_pb2, stt_pb2_grpc
+from services.orchestrator.gate import AudioClock
+from services.orchestrator.outbox import Outbox
+from services.orchestrator.turn import TurnQueue
+from services.runtime.errors import FailedPrecondition
+from services.runtime.streams import Channel, ChannelFull
+
+MIC_BUFFER_CHUNKS = 600
+"""Microphone chunks (~100 ms each: 60 s) that may wait for the STT stream. Bounded: if STT
+stalls, the session errors instead of buffering without limit."""
+
+
+class Listen:
+    """The session's speech recognition: ``feed`` takes microphone audio, ``run`` is the stage."""
+
+    def __init__(
+        self,
+        stt: stt_pb2_grpc.SttServiceAsyncStub,
+        config: stt_pb2.RecognitionConfig,
+        *,
+        outbox: Outbox,
+        turns: TurnQueue,
+        barge_in: Callable[[], None] | None,
+        interim_results: bool,
+        reconnect_max: float,
+        log: structlog.stdlib.BoundLogger,
+    ) -> None:
+        self.stt = stt
+        self.config = config
+        self.outbox = outbox
+        self.turns = turns
+        self.barge_in = barge_in
+        self.interim_results = interim_results
+        self.reconnect_max = reconnect_max
+        self.log = log
+        self.mic: Channel[bytes] = Channel(MIC_BUFFER_CHUNKS)
+        self.clock = AudioClock()
+        self.connected = True  # until a failure says otherwise: audio queues while it connects
+        self.outage_reported = False
+        self.stopped = asyncio.Event()
+
+    def feed(self, pcm: bytes, seconds: float, now: float) -> None:
+        """Microphone audio that passed the gate, on its way to STT."""
+        if not self.connected:
+            return  # STT is down: the client was told (StageError), and the session stays open
+        self.clock.add(seconds, now)
+        try:
+            self.mic.send_nowait(pcm)
+        except ChannelFull:
+            raise FailedPrecondition(
+                "speech recognition is not keeping up (60 s of audio queued); the session is ended to bound memory"
+            ) from None
+
+    def finish(self) -> None:
+        """The client closed its side: STT flushes its last final, then the stream ends."""
+        self.mic.close()
+
+    async def run(self) -> None:
+        """Keeps one STT stream open for the session, reopening it if the service drops."""
+        try:
+            await self._listen()
+        finally:
+            self.stopped.set()
+
+    async def _listen(self) -> None:
+        delay = 0.25
+        while True:
+            self.clock.reset()
+            call = self.stt.StreamingRecognize(self._requests())
+            try:
+                await call.wait_for_connection()
+                self.connected, delay = True, 0.25
+                async for resp in call:
+                    # The outage ends when STT answers, not when it accepts a connection: a
+                    # restarted STT accepts them while its models load, and rejects the stream.
+                    if self.outage_reported:
+                        self.outage_reported = False
+                        self.log.info("speech recognition is back")
+                    self.heard(resp)
+                return  # the client closed its side and STT flushed its last final
+            except grpc.aio.AioRpcError as err:
+                self.connected = False
+                if not self.outage_reported:  # once per outage, not once per retry
+                    self.outage_reported = True
+                    self.outbox.stage_error(
+                        pb.STAGE_STT,
+                        f"speech recognition failed ({err.details()}); audio is ignored until it is back, "
+                        "typed turns still work",
+                        degraded=False,
+                        code=err.code().name,
+                    )
+                if err.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION):
+                    return  # our request is wrong: retrying cannot help
+            self.mic.clear()  # audio queued for the dead stream is stale now
+            if self.mic.closed:
+                return  # the client is done: nothing more to hear
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.reconnect_max)
+
+    async def _requests(self) -> AsyncIterator[stt_pb2.StreamingRecognizeRequest]:
+        yield stt_pb2.StreamingRecognizeRequest(config=self.config)
+        async for chunk in self.mic:
+            yield stt_pb2.StreamingRecognizeRequest(audio=chunk)
+
+    def heard(self, resp: stt_pb2.StreamingRecognizeResponse) -> None:
+        """One message of the STT stream: speech started or ended, or a transcript."""
+        if resp.speech_event == stt_pb2.SPEECH_EVENT_TYPE_SPEECH_STARTED:
+            self.outbox.emit(speech=pb.SpeechActivity(started=True))
+            if self.barge_in is not None:
+                self.barge_in()
+        elif resp.speech_event == stt_pb2.SPEECH_EVENT_TYPE_SPEECH_ENDED:
+            self.outbox.emit(speech=pb.SpeechActivity(started=False))
+        elif resp.HasField("result"):
+            r = resp.result
+            if not r.is_final and not self.interim_results:
+                return
+            turn_id = ""
+            if r.is_final and re.search(r"\w", r.transcript):  # a final with words starts a turn (not ". . .")
+                now = time.monotonic()
+                spoke_until = self.clock.wall_at(r.end_seconds) or now
+                turn_id = self.turns.submit(r.transcript.strip(), start=min(spoke_until, now), final_at=now).turn_id
+            self.outbox.emit(
+                turn_id,
+                transcript=pb.Transcript(
+                    text=r.transcript, is_final=r.is_final, language=r.language, confidence=r.confidence
+                ),
+            )
+
+
+def recognition_config(
+    *,
+    language: str,
+    input_rate: int,
+    interim_results: bool,
+    end_of_speech_silence_ms: int,
+    endpointing: stt_pb2.EndpointingMode.ValueType = stt_pb2.ENDPOINTING_MODE_UNSPECIFIED,
+) -> stt_pb2.RecognitionConfig:
+    """The STT stream's config for a session."""
+    return stt_pb2.RecognitionConfig(
+        language=language,
+        audio_format=audio_pb2.AudioFormat(
+            sample_rate_hz=input_rate, encoding=audio_pb2.AUDIO_ENCODING_PCM_S16LE, channels=1
+        ),
+        interim_results=interim_results,
+        end_of_speech_silence_ms=end_of_speech_silence_ms,
+        endpointing=endpointing,
+    )

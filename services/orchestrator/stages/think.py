@@ -1,0 +1,73 @@
+"""Think: the user's words → the language model → answer text, piece by piece as the tokens
+arrive, to the client and to the speak stage at once. When the LLM service fails before
+saying anything, the answer is a canned reply (which is spoken); when it fails mid-answer,
+the answer is what was said so far."""
+
+from __future__ import annotations
+
+import functools
+import time
+
+from parole.llm.v1 import llm_pb2, llm_pb2_grpc
+from parole.orchestrator.v1 import orchestrator_pb2 as pb
+from services.orchestrator.guard import canned_reply, guarded
+from services.orchestrator.turn import Turn, TurnOutput
+from services.runtime.resilience import Breakers
+from services.runtime.streams import Channel
+
+
+class Think:
+    """LLM tokens → answer text (to the client) and speech input (to the TTS stream)."""
+
+    def __init__(
+        self,
+        llm: llm_pb2_grpc.LlmServiceAsyncStub,
+        breakers: Breakers,
+        *,
+        session_id: str,
+        language: str,
+        persona: str,
+        timeout: float,
+    ) -> None:
+        self.llm = llm
+        self.breakers = breakers
+        self.session_id = session_id
+        self.language = language
+        self.persona = persona
+        self.timeout = timeout
+
+    async def run(self, turn: Turn, out: TurnOutput, speech: Channel[str]) -> None:
+        """Answers ``turn``: every piece of text goes to ``out`` and into ``speech``."""
+        failed = await guarded(self.breakers, "llm", functools.partial(self._generate, turn, out, speech))
+        if failed is None:
+            return
+        cut_short = bool(turn.reply)
+        if not cut_short:  # nothing said yet: answer with the fallback reply ourselves
+            self._said(turn, out, speech, canned_reply(self.language, turn.text))
+        out.degraded(
+            pb.STAGE_LLM,
+            f"language model service failed ({failed.details}); "
+            + ("the answer was cut short" if cut_short else "a fallback reply was given"),
+            code=failed.code,
+        )
+
+    async def _generate(self, turn: Turn, out: TurnOutput, speech: Channel[str]) -> None:
+        request = llm_pb2.GenerateRequest(
+            session_id=self.session_id,
+            text=turn.text,
+            options=llm_pb2.GenerationOptions(language=self.language, system_prompt=self.persona),
+        )
+        async for r in self.llm.Generate(request, timeout=self.timeout):
+            kind = r.WhichOneof("response")
+            if kind == "delta" and r.delta:
+                self._said(turn, out, speech, r.delta)
+            elif kind == "summary" and r.summary.finish_reason == llm_pb2.FINISH_REASON_FALLBACK:
+                # The LLM service's own last resort answered (its canned reply): it is spoken
+                # like any answer, but the client learns no model did.
+                out.degraded(pb.STAGE_LLM, "no language model answered; a fallback reply was given", code="UNAVAILABLE")
+
+    @staticmethod
+    def _said(turn: Turn, out: TurnOutput, speech: Channel[str], text: str) -> None:
+        turn.mark("first_token", time.monotonic())
+        out.text(text)
+        speech.send_nowait(text)

@@ -1,0 +1,136 @@
+"""A turn: one user utterance (spoken or typed) and its answer.
+
+``TurnQueue`` holds the turns waiting to be answered. ``TurnOutput`` is the one door through
+which a turn's answer reaches the client: its text, its audio (where the microphone gate
+closes), its stage errors, its end and its latency record. Stages never write to the
+session's outbox for a turn themselves, so a turn whose output must wait (one started on a
+speculative transcript, before the final confirms it) can be held back or dropped in this
+one place.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from parole.orchestrator.v1 import orchestrator_pb2 as pb
+from parole.tts.v1 import tts_pb2
+from services.orchestrator.gate import Gatekeeper
+from services.orchestrator.metrics import TURN_LATENCY, TURNS
+from services.orchestrator.outbox import Outbox, pcm_format
+from services.runtime.audio import SPEECH_RATE
+from services.runtime.streams import Channel
+
+
+@dataclass
+class Turn:
+    """A user utterance to answer, and the record of its answer."""
+
+    turn_id: str
+    text: str
+    start: float
+    """Wall time the user stopped speaking (or the typed text arrived)."""
+    final_at: float
+    """Wall time the final transcript arrived (= start for typed turns)."""
+    degraded: set[pb.Stage.ValueType] = field(default_factory=set)
+    timing: dict[str, float] = field(default_factory=dict)
+    """Seconds from ``start`` to each point of the answer."""
+    reply: list[str] = field(default_factory=list)
+    audio_seconds: float = 0.0
+    sequence: int = 0
+    out_rate: int = 0
+
+    def mark(self, point: str, now: float, *, first: bool = True) -> None:
+        """Records when ``point`` was reached (the first time, unless ``first`` is False)."""
+        if first:
+            self.timing.setdefault(point, now - self.start)
+        else:
+            self.timing[point] = now - self.start
+
+
+class TurnQueue:
+    """Turns waiting to be answered, in order; ids are unique within the session."""
+
+    def __init__(self, session_id: str) -> None:
+        self.session_id = session_id
+        # Unbounded: a turn is a line of text, and each comes from a person speaking or typing.
+        self.channel: Channel[Turn] = Channel()
+        self._count = 0
+
+    def submit(self, text: str, *, start: float, final_at: float) -> Turn:
+        self._count += 1
+        turn = Turn(f"{self.session_id}-{self._count}", text, start, final_at)
+        self.channel.send_nowait(turn)
+        return turn
+
+    def close(self) -> None:
+        """No more turns will come: the answering stage ends once these are answered."""
+        self.channel.close()
+
+
+class TurnOutput:
+    """Everything one turn sends the client, released in order through ``_release``."""
+
+    def __init__(self, turn: Turn, outbox: Outbox, gate: Gatekeeper) -> None:
+        self.turn = turn
+        self.outbox = outbox
+        self.gate = gate
+
+    def text(self, delta: str) -> None:
+        """A piece of the answer text."""
+        self.turn.reply.append(delta)
+        self._release(reply_text=pb.ReplyText(delta=delta))
+
+    def audio(self, chunk: tts_pb2.AudioChunk) -> None:
+        """A piece of the answer audio, as the TTS produced it."""
+        self.turn.out_rate = chunk.format.sample_rate_hz
+        reply = pb.ReplyAudio(audio=chunk.audio, format=chunk.format, sequence=self.turn.sequence, text=chunk.text)
+        self.turn.sequence += 1
+        self._release(audio_seconds=chunk.duration_seconds, reply_audio=reply)
+
+    def degraded(self, stage: pb.Stage.ValueType, message: str, *, code: str) -> None:
+        """A stage failed and the turn goes on without it (canned reply, text only, another voice)."""
+        self.turn.degraded.add(stage)
+        self._release(error=self.outbox.record_error(stage, message, degraded=True, code=code))
+
+    def end(self) -> None:
+        """The answer is complete: the last (empty) audio message."""
+        fmt = pcm_format(self.turn.out_rate or SPEECH_RATE)
+        self._release(reply_audio=pb.ReplyAudio(sequence=self.turn.sequence, is_last=True, format=fmt))
+
+    def finish(self, *, interrupted: bool) -> str:
+        """The turn's latency record, to the client and to Prometheus; returns the outcome."""
+        turn = self.turn
+        outcome = "interrupted" if interrupted else ("degraded" if turn.degraded else "completed")
+        TURNS.labels(outcome).inc()
+        timing = turn.timing
+        for stage, seconds in timing.items():
+            TURN_LATENCY.labels(stage).observe(seconds)
+        self._release(
+            latency=pb.TurnLatency(
+                final_transcript_seconds=timing.get("final_transcript", 0.0),
+                first_token_seconds=timing.get("first_token", 0.0),
+                first_audio_seconds=timing.get("first_audio", 0.0),
+                last_audio_seconds=timing.get("last_audio", 0.0),
+                audio_seconds=turn.audio_seconds,
+                reply_text="".join(turn.reply),
+                interrupted=interrupted,
+                degraded_stages=sorted(turn.degraded),
+            )
+        )
+        return outcome
+
+    def _release(self, *, audio_seconds: float | None = None, **event: Any) -> None:
+        """Sends one event of the turn to the client now. Answer audio is accounted for here,
+        as it leaves: the gate closes on the turn's first chunk and the first/last audio
+        times are taken, because this is when the client can start playing it."""
+        if audio_seconds is None:
+            self.outbox.emit(self.turn.turn_id, **event)
+            return
+        now = time.monotonic()
+        self.turn.mark("first_audio", now)
+        self.gate.audio_released(self.turn.turn_id, audio_seconds, now)
+        self.outbox.emit(self.turn.turn_id, **event)
+        self.turn.audio_seconds += audio_seconds
+        self.turn.mark("last_audio", time.monotonic(), first=False)

@@ -160,14 +160,20 @@ class Bench:
                 break
             return time.perf_counter() - t
 
-    async def llm_direct(self) -> float:
+    async def canned_direct(self) -> float:
+        return await self.llm_direct(backend="canned")
+
+    async def canned_gateway(self) -> float:
+        return await self.llm_gateway(model="canned")
+
+    async def llm_direct(self, backend: str = "") -> float:
         t = time.perf_counter()
         request = llm_pb2.GenerateRequest(
             messages=[
                 llm_pb2.ChatMessage(role=llm_pb2.ROLE_SYSTEM, content="You are a helpful assistant."),
                 llm_pb2.ChatMessage(role=llm_pb2.ROLE_USER, content="Say hello."),
             ],
-            options=llm_pb2.GenerationOptions(max_tokens=8),
+            options=llm_pb2.GenerationOptions(max_tokens=8, backend=backend),
         )
         elapsed = 0.0
         async for r in self.llm.Generate(request, timeout=60):
@@ -175,9 +181,14 @@ class Bench:
                 elapsed = time.perf_counter() - t
         return elapsed
 
-    async def llm_gateway(self) -> float:
+    async def llm_gateway(self, model: str = "x") -> float:
         t = time.perf_counter()
-        body = {"model": "x", "messages": [{"role": "user", "content": "Say hello."}], "stream": True, "max_tokens": 8}
+        body = {
+            "model": model,
+            "messages": [{"role": "user", "content": "Say hello."}],
+            "stream": True,
+            "max_tokens": 8,
+        }
         elapsed = 0.0
         async with self.http.stream("POST", "/chat/completions", json=body) as r:
             r.raise_for_status()
@@ -299,7 +310,31 @@ class Bench:
                     return time.perf_counter() - sent_at
 
 
-async def run(rounds: int, model_rounds: int, turns: int) -> dict[str, Any]:
+def relay(fleet: Fleet) -> dict[str, float]:
+    """The gateway's relay histogram (parole_gateway_realtime_relay_seconds): count, mean and
+    the bucket bound under which half of the relays fell."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    port = next(s.metrics_port for s in fleet.specs if s.name == "gateway")
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    buckets: list[tuple[float, float]] = []
+    total = count = 0.0
+    for family in text_string_to_metric_families(text):
+        if family.name != "parole_gateway_realtime_relay_seconds":
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_bucket"):
+                buckets.append((float(sample.labels["le"]), sample.value))
+            elif sample.name.endswith("_sum"):
+                total = sample.value
+            elif sample.name.endswith("_count"):
+                count = sample.value
+    p50 = next((le for le, n in sorted(buckets) if count and n >= count / 2), float("nan"))
+    mean = total / count * 1000 if count else float("nan")
+    return {"messages": count, "mean_ms": round(mean, 3), "p50_at_most_ms": p50 * 1000}
+
+
+def fleet() -> Fleet:
     # Greedy, short answers: the same question gets the same answer every time, so the LLM's
     # sampling does not add its own spread to the comparison of the two paths.
     env = {
@@ -311,7 +346,7 @@ async def run(rounds: int, model_rounds: int, turns: int) -> dict[str, Any]:
         },
         "gateway": {"GATEWAY_LOG__LEVEL": "WARNING"},
     }
-    fleet = Fleet(
+    return Fleet(
         DEFAULT,
         env=env,
         ports=dict.fromkeys(DEFAULT, 0),
@@ -319,6 +354,9 @@ async def run(rounds: int, model_rounds: int, turns: int) -> dict[str, Any]:
         log_dir=REPO / "reports" / "bench_gateway_fleet",
         on_ready=announce,
     )
+
+
+async def run(fleet: Fleet, rounds: int, model_rounds: int, turns: int) -> dict[str, Any]:
     results: dict[str, Any] = {
         "benchmark": "gateway",
         "host": {
@@ -337,24 +375,30 @@ async def run(rounds: int, model_rounds: int, turns: int) -> dict[str, Any]:
             "both paths hit them, so differences are the gateway's own",
         },
     }
-    async with fleet:
-        bench = Bench(fleet)
-        try:
-            results["calls"] = [
-                # The floor: a health check each way (no work behind it): what HTTP and its
-                # client cost against gRPC and its client on this host.
-                await compare("health (no work)", bench.health_direct, bench.health_gateway, rounds, 10),
-                await compare("transcription", bench.stt_direct, bench.stt_gateway, rounds, 10),
-                await compare("speech (first bytes)", bench.tts_direct, bench.tts_gateway, rounds, 10),
-                await compare("chat (first token)", bench.llm_direct, bench.llm_gateway, model_rounds, 10),
-                await compare("wyoming asr (transcript)", bench.asr_direct, bench.asr_wyoming, model_rounds, 10),
-                await compare("wyoming tts (first audio)", bench.tts_direct_native, bench.tts_wyoming, rounds, 10),
-            ]
-            results["realtime"] = await compare(
-                "realtime first audio", bench.converse_direct, bench.converse_gateway, turns, 50
-            )
-        finally:
-            await bench.close()
+    bench = Bench(fleet)
+    try:
+        results["calls"] = [
+            # The floor: a health check each way (no work behind it): what HTTP and its client
+            # cost against gRPC and its client on this host.
+            await compare("health (no work)", bench.health_direct, bench.health_gateway, rounds, 10),
+            await compare("transcription", bench.stt_direct, bench.stt_gateway, rounds, 10),
+            await compare("speech (first bytes)", bench.tts_direct, bench.tts_gateway, rounds, 10),
+            await compare("chat (first token)", bench.llm_direct, bench.llm_gateway, model_rounds, 10),
+            # The canned backend answers at once: the same call without the model's own spread.
+            await compare("chat, canned backend", bench.canned_direct, bench.canned_gateway, rounds, 10),
+            await compare("wyoming asr (transcript)", bench.asr_direct, bench.asr_wyoming, model_rounds, 10),
+            await compare("wyoming tts (first audio)", bench.tts_direct_native, bench.tts_wyoming, rounds, 10),
+        ]
+        results["realtime"] = await compare(
+            "realtime first audio", bench.converse_direct, bench.converse_gateway, turns, 50
+        )
+        # End to end, a turn's time to first audio spreads over seconds on a shared CPU (the
+        # model's work), which hides a few milliseconds either way; the gateway's own part is
+        # measured inside it: Converse audio in, Realtime deltas out.
+        results["realtime"]["gateway_relay"] = relay(fleet)
+        print(f"realtime relay inside the gateway: {results['realtime']['gateway_relay']}", flush=True)
+    finally:
+        await bench.close()
     results["host"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     return results
 
@@ -368,7 +412,10 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=8, help="interleaved pairs of spoken Realtime/Converse turns")
     parser.add_argument("--out", type=Path, default=Path("reports/bench_gateway.json"))
     args = parser.parse_args()
-    results = asyncio.run(run(args.rounds, args.model_rounds, args.turns))
+    # Started from the main thread, outside the event loop: the services then die with this
+    # process even if it is killed (the fleet's parent-death signal is set per thread).
+    with fleet() as running:
+        results = asyncio.run(run(running, args.rounds, args.model_rounds, args.turns))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
     print(f"report: {args.out}")

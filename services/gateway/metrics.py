@@ -24,6 +24,12 @@ REALTIME_EVENTS = Counter(
     "Realtime events by direction (in: from the client, out: to it) and type.",
     ["direction", "type"],
 )
+REALTIME_RELAY_SECONDS = Histogram(
+    "parole_gateway_realtime_relay_seconds",
+    "Seconds from a Converse answer-audio message reaching the gateway to its Realtime audio deltas "
+    "sent: what the gateway adds to the conversation's time to first audio, besides one loopback hop.",
+    buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25),
+)
 REALTIME_ERRORS = Counter(
     "parole_gateway_realtime_errors_total", "Realtime error events sent, by error code.", ["code"]
 )

@@ -27,7 +27,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from client.conversation import Conversation, ConversationError, SessionOptions
 from parole.orchestrator.v1 import orchestrator_pb2 as pb
 from services.gateway.errors import ApiError, bad_request
-from services.gateway.metrics import REALTIME_ERRORS, REALTIME_EVENTS, REALTIME_SESSIONS
+from services.gateway.metrics import REALTIME_ERRORS, REALTIME_EVENTS, REALTIME_RELAY_SECONDS, REALTIME_SESSIONS
 from services.runtime.audio import PCM16_WIDTH, SPEECH_RATE, chunks, resample_pcm16, silence
 from services.runtime.channel import open_channel
 from services.runtime.logging import get_logger
@@ -141,7 +141,7 @@ class RealtimeSession:
         self._channel: grpc.aio.Channel | None = None
         # Converse events, tagged with the Converse session they came from: a reopened session
         # (same session id, for the LLM history) numbers its turns from 1 again.
-        self._events: asyncio.Queue[tuple[int, pb.ConverseResponse] | None] = asyncio.Queue()
+        self._events: asyncio.Queue[tuple[int, float, pb.ConverseResponse] | None] = asyncio.Queue()
         self._generation = 0
         self._translator: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
@@ -444,7 +444,7 @@ class RealtimeSession:
             await self._options(),
             _PlaybackClock(),
             input_rate=SPEECH_RATE,
-            on_event=lambda r: self._events.put_nowait((generation, r)),
+            on_event=lambda r: self._events.put_nowait((generation, time.perf_counter(), r)),
             start_timeout=10.0,
         )
         self._conv_key = key
@@ -645,7 +645,7 @@ class RealtimeSession:
             self._speech_item = _id("item")
         return self._speech_item
 
-    async def _on_converse(self, generation: int, r: pb.ConverseResponse) -> None:
+    async def _on_converse(self, generation: int, arrived: float, r: pb.ConverseResponse) -> None:
         kind = r.WhichOneof("event")
         turn_id = f"{generation}/{r.turn_id}" if r.turn_id else ""
         if kind == "speech":
@@ -664,6 +664,8 @@ class RealtimeSession:
             resp = await self._response(turn_id)
             if resp is not None and not resp.done:
                 await self._on_audio(resp, r.reply_audio)
+                if r.reply_audio.audio:
+                    REALTIME_RELAY_SECONDS.observe(time.perf_counter() - arrived)
         elif kind == "stop_playback":
             stopped = r.stop_playback.turn_id or r.turn_id
             resp = self.responses.get(f"{generation}/{stopped}")

@@ -68,6 +68,8 @@ async def test_spoken_conversation_then_cancel(gw: GatewayFleet) -> None:
         assert [types.index(t) for t in order] == sorted(types.index(t) for t in order), types
         heard = next(e for e in events if e.type == "conversation.item.input_audio_transcription.completed")
         assert "capital" in heard.transcript.lower() and "france" in heard.transcript.lower()
+        partial = [e for e in events if e.type == "conversation.item.input_audio_transcription.delta"]
+        assert partial and all(e.item_id == heard.item_id for e in partial)
         text = "".join(e.delta for e in events if e.type == "response.output_audio_transcript.delta")
         assert text.strip()
         done_text = next(e for e in events if e.type == "response.output_audio_transcript.done").transcript

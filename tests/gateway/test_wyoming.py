@@ -72,7 +72,7 @@ async def test_transcribes_a_real_recording_with_streaming_events(gw: GatewayFle
 
 
 async def test_synthesize_then_read_back(gw: GatewayFleet) -> None:
-    sentence = "The capital of France is Paris."
+    sentence = "It is a sunny day in Paris today."
     async with AsyncTcpClient("127.0.0.1", gw.tts_port) as client:
         await client.write_event(Synthesize(text=sentence, voice=SynthesizeVoice(name=VOICE)).event())
         events = await read_until(client, "audio-stop")

@@ -20,6 +20,11 @@ response stream:
 4. ``gate.Gatekeeper.run``: reopens the microphone once the client has played the answer
    (plus a tail for the room's echo).
 
+Every turn ends with a ``TurnLatency`` record: seconds from the end of speech to each hop the
+turn went through (``turn.POINTS``: end of turn detected, final transcript, turn started, LLM
+request, first token, first text into the TTS stream, first TTS audio, first audio released,
+last audio), also observed in ``parole_turn_latency_seconds{stage}``.
+
 Streams between stages are ``services.runtime.streams.Channel`` (mic → STT requests, LLM text
 → TTS requests, the outbox); ``metrics.py`` holds the Prometheus metrics; ``servicer.py`` and
 ``app.py`` are the gRPC side.

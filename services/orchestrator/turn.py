@@ -22,6 +22,21 @@ from services.orchestrator.outbox import Outbox, pcm_format
 from services.runtime.audio import SPEECH_RATE
 from services.runtime.streams import Channel
 
+POINTS = (
+    "end_of_turn",
+    "final_transcript",
+    "turn_started",
+    "llm_request",
+    "first_token",
+    "first_tts_text",
+    "first_tts_audio",
+    "first_audio",
+    "last_audio",
+)
+"""The points of a turn's way through the orchestrator, in order (``TurnLatency.marks``; the
+proto's ``LatencyMark.point`` says what each means). They label
+``parole_turn_latency_seconds{stage}`` too: a fixed, small set."""
+
 
 @dataclass
 class Turn:
@@ -58,9 +73,14 @@ class TurnQueue:
         self.channel: Channel[Turn] = Channel()
         self._count = 0
 
-    def submit(self, text: str, *, start: float, final_at: float) -> Turn:
+    def submit(self, text: str, *, start: float, final_at: float, end_of_turn_at: float | None = None) -> Turn:
+        """Queues a turn: ``start`` is when the user stopped speaking (or typed), ``final_at``
+        when its final transcript arrived, ``end_of_turn_at`` when the STT said the turn ended."""
         self._count += 1
         turn = Turn(f"{self.session_id}-{self._count}", text, start, final_at)
+        if end_of_turn_at is not None:
+            turn.mark("end_of_turn", end_of_turn_at)
+        turn.mark("final_transcript", final_at)
         self.channel.send_nowait(turn)
         return turn
 
@@ -117,6 +137,7 @@ class TurnOutput:
                 reply_text="".join(turn.reply),
                 interrupted=interrupted,
                 degraded_stages=sorted(turn.degraded),
+                marks=[pb.LatencyMark(point=p, seconds=timing[p]) for p in sorted(timing, key=_point_order)],
             )
         )
         return outcome
@@ -134,3 +155,8 @@ class TurnOutput:
         self.outbox.emit(self.turn.turn_id, **event)
         self.turn.audio_seconds += audio_seconds
         self.turn.mark("last_audio", time.monotonic(), first=False)
+
+
+def _point_order(point: str) -> int:
+    """Pipeline order; a point not in ``POINTS`` goes last."""
+    return POINTS.index(point) if point in POINTS else len(POINTS)

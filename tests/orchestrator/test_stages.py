@@ -100,6 +100,17 @@ async def test_a_turn_record_carries_its_times_and_outcome() -> None:
     lat = record.latency
     assert lat.first_token_seconds == pytest.approx(0.2) and lat.reply_text == "Paris."
     assert list(lat.degraded_stages) == [pb.STAGE_TTS] and not lat.interrupted
+    assert [m.point for m in lat.marks] == ["first_token"] and lat.marks[0].seconds == pytest.approx(0.2)
+
+
+async def test_marks_come_in_pipeline_order_whatever_order_they_were_taken() -> None:
+    w = Wiring()
+    for point, seconds in [("first_audio", 0.9), ("new_point", 1.0), ("turn_started", 0.1), ("llm_request", 0.2)]:
+        w.turn.mark(point, w.turn.start + seconds)
+    w.out.finish(interrupted=True)
+    record = (await drain(w.outbox))[-1].latency
+    assert [m.point for m in record.marks] == ["turn_started", "llm_request", "first_audio", "new_point"]
+    assert record.interrupted
 
 
 class FakeLlmStub:

@@ -11,6 +11,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from parole.orchestrator.v1 import orchestrator_pb2 as pb
+from services.orchestrator.turn import POINTS
 from services.runtime.audio import silence
 from tests.e2e.driver import Predicate, Session, final_transcript, is_kind
 from tests.orchestrator.conftest import Harness
@@ -32,6 +33,21 @@ def microphone(gated: bool, reason: str) -> Predicate:
     return lambda m: (
         m.WhichOneof("event") == "microphone" and m.microphone.gated == gated and m.microphone.reason == reason
     )
+
+
+def marks(lat: pb.TurnLatency) -> dict[str, float]:
+    return {m.point: m.seconds for m in lat.marks}
+
+
+def assert_every_hop_in_order(lat: pb.TurnLatency, points: tuple[str, ...]) -> None:
+    """The record names each hop the turn went through, in pipeline order, and time only
+    moves forward along it; the older fields agree with their marks."""
+    assert [m.point for m in lat.marks] == list(points)
+    seconds = [m.seconds for m in lat.marks]
+    assert seconds == sorted(seconds), list(zip(points, seconds, strict=True))
+    at = marks(lat)
+    assert (lat.final_transcript_seconds, lat.first_token_seconds) == (at["final_transcript"], at["first_token"])
+    assert (lat.first_audio_seconds, lat.last_audio_seconds) == (at["first_audio"], at["last_audio"])
 
 
 async def started(s: Session) -> pb.SessionStarted:
@@ -60,6 +76,8 @@ async def test_typed_turn_streams_the_answer_as_text_and_audio_then_its_record(h
     assert 0 == lat.final_transcript_seconds <= lat.first_token_seconds <= lat.first_audio_seconds
     assert lat.first_audio_seconds <= lat.last_audio_seconds
     assert not lat.interrupted and not lat.degraded_stages
+    # Every hop from the text's arrival; no end of speech to detect for a typed turn.
+    assert_every_hop_in_order(lat, POINTS[1:])
     await s.close(timeout=WAIT)
     assert s.error is None
 
@@ -76,19 +94,23 @@ async def test_a_final_with_words_becomes_a_turn_timed_from_the_end_of_speech(ha
             stt.audio_arrived.clear()
             await stt.audio_arrived.wait()
     assert stt.configs[0].audio_format.sample_rate_hz == 16000 and stt.configs[0].end_of_speech_silence_ms == 400
-    stt.send(speech_event(True))
-    stt.send(final(". . ."))  # Whisper's transcript of a cough: shown, not answered
-    stt.send(final("What time is it?", end_seconds=0.5))
-    stt.send(speech_event(False))
+    # As the STT sends them: each utterance's end, then its final.
+    for said in (". . .", "What time is it?"):  # Whisper's transcript of a cough: shown, not answered
+        stt.send(speech_event(True))
+        stt.send(speech_event(False))
+        stt.send(final(said, end_seconds=0.5))
     record = await s.wait_for(is_kind("latency"), timeout=WAIT)
     assert [(m.transcript.text, m.turn_id) for m in s.of("transcript")] == [
         (". . .", ""),
         ("What time is it?", record.turn_id),
     ]
-    assert [m.speech.started for m in s.of("speech")] == [True, False]
+    assert [m.speech.started for m in s.of("speech")] == [True, False, True, False]
     assert [r.text for r in llm.requests] == ["What time is it?"]
     # The turn starts when the voice stopped (audio that arrived before the final did).
     assert record.latency.final_transcript_seconds > 0
+    # Every hop, from the STT saying the turn ended to the last audio released.
+    assert_every_hop_in_order(record.latency, POINTS)
+    assert marks(record.latency)["end_of_turn"] > 0
     await s.close(timeout=WAIT)
     assert s.error is None
 
@@ -173,13 +195,14 @@ async def test_after_three_llm_outages_the_breaker_skips_the_llm(harness: Harnes
     llm.fail = grpc.StatusCode.UNAVAILABLE
     s = harness.session()
     await started(s)
-    errors = []
+    errors, records = [], []
     for i in range(4):
         mark = len(s.events)
         s.send_text(f"Question {i}")
         errors.append((await s.wait_for(is_kind("error"), timeout=WAIT, start=mark)).error)
-        await s.wait_for(is_kind("latency"), timeout=WAIT, start=mark)
+        records.append((await s.wait_for(is_kind("latency"), timeout=WAIT, start=mark)).latency)
     assert len(llm.requests) == 3  # the fourth turn did not wait on a dead service
+    assert "llm_request" in marks(records[2]) and "llm_request" not in marks(records[3])
     assert "circuit breaker is open" in errors[3].message and errors[3].code == "UNAVAILABLE"
     assert "circuit breaker" not in errors[2].message
     await s.close(timeout=WAIT)
@@ -196,6 +219,7 @@ async def test_a_tts_outage_sends_the_answer_as_text_only(harness: Harness) -> N
     # The whole answer still arrives as text; no audio, so the microphone was never gated.
     assert lat.reply_text == ANSWER and "".join(m.reply_text.delta for m in s.of("reply_text")) == ANSWER
     assert lat.audio_seconds == 0 and list(lat.degraded_stages) == [pb.STAGE_TTS]
+    assert not {"first_tts_audio", "first_audio", "last_audio"} & set(marks(lat))
     assert [m.reply_audio.is_last for m in s.of("reply_audio")] == [True]
     assert not s.of("microphone")
     await s.close(timeout=WAIT)

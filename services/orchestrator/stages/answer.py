@@ -47,6 +47,7 @@ class Answer:
         """One turn at a time until the queue ends; then the session's stream ends too."""
         try:
             async for turn in self.turns.channel:
+                turn.mark("turn_started", time.monotonic())
                 out = TurnOutput(turn, self.outbox, self.gate)
                 self.current_turn = turn
                 self.current = asyncio.create_task(self.answer(turn, out), name=f"turn-{turn.turn_id}")
@@ -68,7 +69,6 @@ class Answer:
 
     async def answer(self, turn: Turn, out: TurnOutput) -> None:
         """One turn: think and speak at once, the LLM's text flowing into the TTS stream."""
-        turn.mark("final_transcript", turn.final_at)
         turn.out_rate = self.output_rate
         structlog.contextvars.bind_contextvars(turn_id=turn.turn_id)
         self.log.debug("turn", text=turn.text)

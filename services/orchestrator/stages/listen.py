@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 
 import grpc
@@ -55,6 +56,9 @@ class Listen:
         self.log = log
         self.mic: Channel[bytes] = Channel(MIC_BUFFER_CHUNKS)
         self.clock = AudioClock()
+        # When each SPEECH_ENDED arrived whose final has not yet: the STT sends an utterance's
+        # end before decoding its final, and its finals in order.
+        self.ended_at: deque[float] = deque()
         self.connected = True  # until a failure says otherwise: audio queues while it connects
         self.outage_reported = False
         self.stopped = asyncio.Event()
@@ -86,6 +90,7 @@ class Listen:
         delay = 0.25
         while True:
             self.clock.reset()
+            self.ended_at.clear()
             call = self.stt.StreamingRecognize(self._requests())
             try:
                 await call.wait_for_connection()
@@ -129,16 +134,21 @@ class Listen:
             if self.barge_in is not None:
                 self.barge_in()
         elif resp.speech_event == stt_pb2.SPEECH_EVENT_TYPE_SPEECH_ENDED:
+            self.ended_at.append(time.monotonic())
             self.outbox.emit(speech=pb.SpeechActivity(started=False))
         elif resp.HasField("result"):
             r = resp.result
+            ended_at = self.ended_at.popleft() if r.is_final and self.ended_at else None
             if not r.is_final and not self.interim_results:
                 return
             turn_id = ""
             if r.is_final and re.search(r"\w", r.transcript):  # a final with words starts a turn (not ". . .")
                 now = time.monotonic()
                 spoke_until = self.clock.wall_at(r.end_seconds) or now
-                turn_id = self.turns.submit(r.transcript.strip(), start=min(spoke_until, now), final_at=now).turn_id
+                turn = self.turns.submit(
+                    r.transcript.strip(), start=min(spoke_until, now), final_at=now, end_of_turn_at=ended_at
+                )
+                turn_id = turn.turn_id
             self.outbox.emit(
                 turn_id,
                 transcript=pb.Transcript(

@@ -6,12 +6,13 @@ on as text only."""
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import AsyncIterator
 
 from parole.orchestrator.v1 import orchestrator_pb2 as pb
 from parole.tts.v1 import tts_pb2, tts_pb2_grpc
 from services.orchestrator.guard import guarded
-from services.orchestrator.turn import TurnOutput
+from services.orchestrator.turn import Turn, TurnOutput
 from services.runtime.resilience import Breakers
 from services.runtime.streams import Channel
 
@@ -54,9 +55,10 @@ class Speak:
     async def _synthesize(self, out: TurnOutput, text: Channel[str]) -> None:
         # The stream opens with the turn and is fed by the LLM, so its deadline spans the LLM's
         # too: the caller passes both (a canned reply after an LLM timeout is still spoken).
-        call = self.tts.StreamingSynthesize(self._requests(text), timeout=self.timeout)
+        call = self.tts.StreamingSynthesize(self._requests(out.turn, text), timeout=self.timeout)
         warned_voice = False
         async for r in call:
+            out.turn.mark("first_tts_audio", time.monotonic())
             out.audio(r.audio)
             if self.voice and r.audio.voice != self.voice and not warned_voice:
                 warned_voice = True
@@ -66,9 +68,11 @@ class Speak:
                     code="UNAVAILABLE",
                 )
 
-    async def _requests(self, text: Channel[str]) -> AsyncIterator[tts_pb2.StreamingSynthesizeRequest]:
+    async def _requests(self, turn: Turn, text: Channel[str]) -> AsyncIterator[tts_pb2.StreamingSynthesizeRequest]:
         yield tts_pb2.StreamingSynthesizeRequest(
             config=tts_pb2.SynthesisConfig(voice=self.voice, language=self.language, sample_rate_hz=self.output_rate)
         )
         async for delta in text:
+            # Taken by gRPC to write as it is yielded: the time the text went to the TTS.
+            turn.mark("first_tts_text", time.monotonic())
             yield tts_pb2.StreamingSynthesizeRequest(text=delta)

@@ -57,6 +57,7 @@ class Think:
             text=turn.text,
             options=llm_pb2.GenerationOptions(language=self.language, system_prompt=self.persona),
         )
+        turn.mark("llm_request", time.monotonic())
         async for r in self.llm.Generate(request, timeout=self.timeout):
             kind = r.WhichOneof("response")
             if kind == "delta" and r.delta:

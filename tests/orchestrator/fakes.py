@@ -30,6 +30,8 @@ class FakeStt(stt_pb2_grpc.SttServiceServicer):
         self.fail: grpc.StatusCode | None = None
         """When set, every stream is refused with this status (the service is down)."""
         self.configs: list[stt_pb2.RecognitionConfig] = []
+        self.attempts = 0
+        self.attempted = asyncio.Event()
         self.audio_bytes = 0
         self.audio_arrived = asyncio.Event()
         self.connected = asyncio.Event()
@@ -43,6 +45,8 @@ class FakeStt(stt_pb2_grpc.SttServiceServicer):
     async def StreamingRecognize(
         self, request_iterator: AsyncIterator[stt_pb2.StreamingRecognizeRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[stt_pb2.StreamingRecognizeResponse]:
+        self.attempts += 1
+        self.attempted.set()
         if self.fail is not None:
             await context.abort(self.fail, "fake STT failure")
         first = await anext(aiter(request_iterator))

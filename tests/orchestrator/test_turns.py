@@ -306,3 +306,25 @@ async def test_the_stt_going_down_keeps_the_session_and_typed_turns(harness: Har
     await s.wait_for(of_turn("latency", heard.turn_id), timeout=WAIT)
     assert len(s.of("error")) == 1  # one report per outage, not one per retry
     await s.close(timeout=WAIT)
+
+
+async def test_audio_after_the_stt_comes_back_reaches_it_whole(harness: Harness) -> None:
+    stt = harness.fakes.stt
+    stt.fail = grpc.StatusCode.UNAVAILABLE  # up, but refusing streams (a restart loading its models)
+    s = harness.session()
+    await started(s)
+    async with asyncio.timeout(WAIT):
+        while stt.attempts < 4:  # several streams opened and refused while it is down
+            stt.attempted.clear()
+            await stt.attempted.wait()
+    stt.fail = None
+    async with asyncio.timeout(WAIT):
+        await stt.connected.wait()
+    await s.send_audio(silence(1.0), realtime=False)
+    # None of it is lost to the readers of the refused streams.
+    async with asyncio.timeout(WAIT):
+        while stt.audio_bytes < 32000:
+            stt.audio_arrived.clear()
+            await stt.audio_arrived.wait()
+    assert stt.audio_bytes == 32000
+    await s.close(timeout=WAIT)

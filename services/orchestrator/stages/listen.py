@@ -24,8 +24,10 @@ from services.orchestrator.gate import AudioClock
 from services.orchestrator.outbox import Outbox
 from services.orchestrator.turn import TurnQueue
 from services.runtime.errors import FailedPrecondition
-from services.runtime.streams import Channel, ChannelFull
+from services.runtime.streams import Channel, ChannelFull, pump
 
+RETRY_DELAY = 0.25
+"""First pause before reopening a broken STT stream; it doubles up to ``reconnect_max``."""
 MIC_BUFFER_CHUNKS = 600
 """Microphone chunks (~100 ms each: 60 s) that may wait for the STT stream. Bounded: if STT
 stalls, the session errors instead of buffering without limit."""
@@ -60,6 +62,7 @@ class Listen:
         # end before decoding its final, and its finals in order.
         self.ended_at: deque[float] = deque()
         self.connected = True  # until a failure says otherwise: audio queues while it connects
+        self._retry_delay = RETRY_DELAY
         self.outage_reported = False
         self.stopped = asyncio.Event()
 
@@ -87,44 +90,52 @@ class Listen:
             self.stopped.set()
 
     async def _listen(self) -> None:
-        delay = 0.25
         while True:
             self.clock.reset()
             self.ended_at.clear()
-            call = self.stt.StreamingRecognize(self._requests())
-            try:
-                await call.wait_for_connection()
-                self.connected, delay = True, 0.25
-                async for resp in call:
-                    # The outage ends when STT answers, not when it accepts a connection: a
-                    # restarted STT accepts them while its models load, and rejects the stream.
-                    if self.outage_reported:
-                        self.outage_reported = False
-                        self.log.info("speech recognition is back")
-                    self.heard(resp)
-                return  # the client closed its side and STT flushed its last final
-            except grpc.aio.AioRpcError as err:
-                self.connected = False
-                if not self.outage_reported:  # once per outage, not once per retry
-                    self.outage_reported = True
-                    self.outbox.stage_error(
-                        pb.STAGE_STT,
-                        f"speech recognition failed ({err.details()}); audio is ignored until it is back, "
-                        "typed turns still work",
-                        degraded=False,
-                        code=err.code().name,
-                    )
-                if err.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION):
-                    return  # our request is wrong: retrying cannot help
+            # Each stream reads the microphone through a pump of its own. When the stream
+            # breaks, gRPC keeps reading its request stream (a dead call's reader is not
+            # cancelled): leaving the block abandons the pump's channel, which ends that
+            # reader instead of letting it swallow a chunk of the next stream's audio.
+            async with pump(self.mic, maxsize=1) as audio:
+                try:
+                    await self._recognize(audio)
+                    return  # the client closed its side and STT flushed its last final
+                except grpc.aio.AioRpcError as err:
+                    self.connected = False
+                    if not self.outage_reported:  # once per outage, not once per retry
+                        self.outage_reported = True
+                        self.outbox.stage_error(
+                            pb.STAGE_STT,
+                            f"speech recognition failed ({err.details()}); audio is ignored until it is back, "
+                            "typed turns still work",
+                            degraded=False,
+                            code=err.code().name,
+                        )
+                    if err.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION):
+                        return  # our request is wrong: retrying cannot help
             self.mic.clear()  # audio queued for the dead stream is stale now
             if self.mic.closed:
                 return  # the client is done: nothing more to hear
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self.reconnect_max)
+            await asyncio.sleep(self._retry_delay)
+            self._retry_delay = min(self._retry_delay * 2, self.reconnect_max)
 
-    async def _requests(self) -> AsyncIterator[stt_pb2.StreamingRecognizeRequest]:
+    async def _recognize(self, audio: Channel[bytes]) -> None:
+        """One STT stream, until it ends (the client is done) or fails."""
+        call = self.stt.StreamingRecognize(self._requests(audio))
+        await call.wait_for_connection()
+        self.connected, self._retry_delay = True, RETRY_DELAY
+        async for resp in call:
+            # The outage ends when STT answers, not when it accepts a connection: a
+            # restarted STT accepts them while its models load, and rejects the stream.
+            if self.outage_reported:
+                self.outage_reported = False
+                self.log.info("speech recognition is back")
+            self.heard(resp)
+
+    async def _requests(self, audio: Channel[bytes]) -> AsyncIterator[stt_pb2.StreamingRecognizeRequest]:
         yield stt_pb2.StreamingRecognizeRequest(config=self.config)
-        async for chunk in self.mic:
+        async for chunk in audio:
             yield stt_pb2.StreamingRecognizeRequest(audio=chunk)
 
     def heard(self, resp: stt_pb2.StreamingRecognizeResponse) -> None:

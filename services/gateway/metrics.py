@@ -26,8 +26,8 @@ REALTIME_EVENTS = Counter(
 )
 REALTIME_RELAY_SECONDS = Histogram(
     "parole_gateway_realtime_relay_seconds",
-    "Seconds from a Converse answer-audio message reaching the gateway to its Realtime audio deltas "
-    "sent: what the gateway adds to the conversation's time to first audio, besides one loopback hop.",
+    "Seconds from a Converse answer-audio message reaching the gateway to its first Realtime audio "
+    "delta sent: what the gateway adds to the conversation's time to first audio, besides one hop.",
     buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25),
 )
 REALTIME_ERRORS = Counter(

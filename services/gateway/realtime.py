@@ -663,9 +663,7 @@ class RealtimeSession:
         elif kind == "reply_audio":
             resp = await self._response(turn_id)
             if resp is not None and not resp.done:
-                await self._on_audio(resp, r.reply_audio)
-                if r.reply_audio.audio:
-                    REALTIME_RELAY_SECONDS.observe(time.perf_counter() - arrived)
+                await self._on_audio(resp, r.reply_audio, arrived)
         elif kind == "stop_playback":
             stopped = r.stop_playback.turn_id or r.turn_id
             resp = self.responses.get(f"{generation}/{stopped}")
@@ -811,11 +809,11 @@ class RealtimeSession:
             "usage": {"total_tokens": 0, "input_tokens": 0, "output_tokens": 0} if status != "in_progress" else None,
         }
 
-    async def _on_audio(self, resp: ResponseState, chunk: pb.ReplyAudio) -> None:
+    async def _on_audio(self, resp: ResponseState, chunk: pb.ReplyAudio, arrived: float) -> None:
         if chunk.audio and not self._text_only():
             rate = chunk.format.sample_rate_hz or RATE
             pcm = chunk.audio if rate == RATE else resample_pcm16(chunk.audio, rate, RATE)
-            for piece in chunks(pcm, RATE, DELTA_MS):
+            for i, piece in enumerate(chunks(pcm, RATE, DELTA_MS)):
                 resp.audio_ms += len(piece) / PCM16_WIDTH / RATE * 1000
                 await self.send(
                     {
@@ -824,6 +822,8 @@ class RealtimeSession:
                         "delta": base64.b64encode(piece).decode(),
                     }
                 )
+                if i == 0:  # the client can start playing from here
+                    REALTIME_RELAY_SECONDS.observe(time.perf_counter() - arrived)
         if chunk.is_last:
             await self._parts_done(resp)
 

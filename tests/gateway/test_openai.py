@@ -13,7 +13,7 @@ from openai import AsyncOpenAI
 from openai.types.chat import ChatCompletionMessageParam
 
 from services.runtime.audio import read_wav_bytes
-from tests.gateway.harness import API_KEY, VOICE, GatewayFleet, word_errors, words
+from tests.gateway.harness import API_KEY, SENTENCE, VOICE, GatewayFleet, word_errors, words
 
 DEMO = Path(__file__).resolve().parents[2] / "client" / "demo"
 
@@ -105,7 +105,7 @@ async def test_transcription_streams_as_server_sent_events(client: AsyncOpenAI) 
 
 @pytest.mark.parametrize("fmt", ["mp3", "wav", "opus", "flac"])
 async def test_speech_streams_and_our_stt_reads_it_back(client: AsyncOpenAI, fmt: str) -> None:
-    sentence = "It is a sunny day in Paris today."
+    sentence = SENTENCE
     pieces = []
     async with client.audio.speech.with_streaming_response.create(
         model="tts-1",
@@ -123,7 +123,7 @@ async def test_speech_streams_and_our_stt_reads_it_back(client: AsyncOpenAI, fmt
     # Read back through the gateway's own transcription endpoint: the file goes through
     # FFmpeg's decoder there, our STT hears it.
     heard = await client.audio.transcriptions.create(model="whisper-1", file=(f"speech.{fmt}", audio), language="en")
-    assert word_errors(heard.text, sentence) <= 1, heard.text
+    assert word_errors(heard.text, sentence) <= 2, heard.text
 
 
 async def test_pcm_speech_is_24khz_raw_and_speed_counts(client: AsyncOpenAI) -> None:

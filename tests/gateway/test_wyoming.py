@@ -15,7 +15,7 @@ from wyoming.info import Describe, Info
 from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeStopped, SynthesizeVoice
 
 from services.runtime.audio import Pcm, chunks, read_wav
-from tests.gateway.harness import VOICE, GatewayFleet, word_errors, words
+from tests.gateway.harness import SENTENCE, VOICE, GatewayFleet, word_errors, words
 
 DEMO = Path(__file__).resolve().parents[2] / "client" / "demo"
 
@@ -72,13 +72,13 @@ async def test_transcribes_a_real_recording_with_streaming_events(gw: GatewayFle
 
 
 async def test_synthesize_then_read_back(gw: GatewayFleet) -> None:
-    sentence = "It is a sunny day in Paris today."
+    sentence = SENTENCE
     async with AsyncTcpClient("127.0.0.1", gw.tts_port) as client:
         await client.write_event(Synthesize(text=sentence, voice=SynthesizeVoice(name=VOICE)).event())
         events = await read_until(client, "audio-stop")
     assert events[0].type == "audio-start" and sum(AudioChunk.is_type(e.type) for e in events) > 1
     heard = Transcript.from_event((await transcribe(gw.asr_port, audio_of(events)))[-1])
-    assert word_errors(heard.text, sentence) <= 1, heard.text
+    assert word_errors(heard.text, sentence) <= 2, heard.text
 
 
 async def test_streaming_synthesis_then_read_back(gw: GatewayFleet) -> None:
@@ -95,4 +95,4 @@ async def test_streaming_synthesis_then_read_back(gw: GatewayFleet) -> None:
     assert types[0] == "audio-start" and types[-2:] == ["audio-stop", "synthesize-stopped"], types
     assert SynthesizeStopped.is_type(types[-1]) and types.count("audio-start") == 1
     heard = Transcript.from_event((await transcribe(gw.asr_port, audio_of(events)))[-1])
-    assert word_errors(heard.text, "".join(pieces)) <= 1, heard.text
+    assert word_errors(heard.text, "".join(pieces)) <= 2, heard.text

@@ -149,9 +149,11 @@ class Endpointer:
     ``pause`` after the last one; Paused and SpeechEnded carry the same slice when nothing was
     said in between, which is what lets the speculative decode stand as the final.
 
-    Semantic endpointing (``semantic=True``): at the pause it also emits CheckTurn and, from
-    the silence where the answer is needed, buffers the audio until ``verdict`` brings it.
-    Complete: the utterance ends at ``turn.complete_silence_ms``. Unfinished: it asks again
+    Semantic endpointing (``semantic=True``): at ``turn.check_silence_ms`` of silence it emits
+    CheckTurn and, from the silence where the answer is needed, buffers the audio until
+    ``verdict`` brings it. Complete: the utterance ends at ``turn.complete_silence_ms``, or
+    when ``transcript_ready`` says the pause's speculative decode is done, within
+    ``turn.hold_for_transcript_ms``. Unfinished: it asks again
     every ``turn.recheck_ms`` and ends at ``turn.max_silence_ms`` regardless. No answer: that
     pause falls back to the silence rule. Because each answer is applied at the stream
     position it was asked for, the events do not depend on how fast the audio arrives.
@@ -180,7 +182,8 @@ class Endpointer:
         self.pause_windows = _ms_to_windows(settings.speculative_pause_ms)
         if not semantic:
             self.pause_windows = min(self.pause_windows, self.eos_windows)
-        self.complete_windows = max(self.pause_windows, _ms_to_windows(turn.complete_silence_ms))
+        self.check_windows = _ms_to_windows(turn.check_silence_ms)
+        self.complete_windows = max(self.check_windows, _ms_to_windows(turn.complete_silence_ms))
         self.hold_windows = _ms_to_windows(turn.hold_for_transcript_ms) if turn.hold_for_transcript_ms else 0
         self.speculate = semantic or self.pause_windows < self.eos_windows
         self.min_speech_windows = _ms_to_windows(settings.min_speech_ms)
@@ -203,7 +206,7 @@ class Endpointer:
         self._queue: deque[FloatAudio] = deque()
         self._check: _Check | None = None
         self._checks = 0  # ids
-        self._next_check = self.pause_windows
+        self._next_check = self.check_windows
         self._pause_checks = 0
         self._probability: float | None = None
         self._unjudged = False  # the model could not answer in this pause: the silence rule holds
@@ -335,7 +338,7 @@ class Endpointer:
     def _new_pause(self) -> None:
         """Speech (re)started: a question about the last pause no longer matters."""
         self._check = None
-        self._next_check = self.pause_windows
+        self._next_check = self.check_windows
         self._pause_checks = 0
         self._probability = None
         self._unjudged = False

@@ -93,7 +93,7 @@ def words_heard(reference: str, heard: str) -> float:
 
 def test_features_are_pinned_to_the_reference_values() -> None:
     """Values computed once by the reference implementation (pipecat's vendored copy of
-    transformers' WhisperFeatureExtractor, bit-identical to ours on this input) for 3 s of a
+    transformers' WhisperFeatureExtractor, in float64; ours runs in float32) for 3 s of a
     440 Hz tone and a chirp, left-padded to 8 s."""
     t = np.arange(3 * 16000) / 16000
     signal = (0.5 * np.sin(2 * np.pi * 440 * t) + 0.25 * np.sin(2 * np.pi * (300 + 700 * t) * t)).astype(np.float32)
@@ -109,9 +109,9 @@ def test_features_are_pinned_to_the_reference_values() -> None:
         (30, 750): -0.1668231189250946,  # the floor: 8 below the maximum, scaled
     }
     for (mel, frame), value in pinned.items():
-        assert got[mel, frame] == pytest.approx(value, abs=1e-5), (mel, frame)
-    assert float(got.max()) == pytest.approx(1.833176851272583, abs=1e-5)
-    assert float(got.mean()) == pytest.approx(-0.09673478454351425, abs=1e-5)
+        assert got[mel, frame] == pytest.approx(value, abs=2e-5), (mel, frame)
+    assert float(got.max()) == pytest.approx(1.833176851272583, abs=2e-5)
+    assert float(got.mean()) == pytest.approx(-0.09673478454351425, abs=2e-5)
 
 
 def test_features_match_faster_whispers_extractor_and_its_definition() -> None:
@@ -251,7 +251,8 @@ def test_holding_for_the_transcript_keeps_a_speaker_who_goes_on(
     assert never.reason == "complete" and never.held_samples == ep.hold_windows * WINDOW
     ep = Endpointer(SileroVad(), semantic(500), semantic=True)
     (soon,) = ends(drive(ep, command.audio, ask(smart_turn), chunk=512, transcript_after=4))
-    # Asked at the pause (5 windows), decided at 7, transcript ready at 5 + 4: held 2 windows.
+    # Decided at 7 windows of silence; the transcript is ready 4 windows after the pause (5),
+    # at 9: held 2 windows.
     assert soon.reason == "complete" and soon.held_samples == 2 * WINDOW
     assert soon.silence_samples == never.silence_samples
 
@@ -309,7 +310,7 @@ async def test_complete_commands_through_the_service(stt: Served, turn_clips: li
     the configured short silence, held at most 500 ms for its transcript."""
     for clip in of_kind(turn_clips, "complete"):
         responses = await collect(
-            stt.stub, stream_requests(config(language=clip.language), clip.pcm.data + silence(1.5))
+            stt.stub, stream_requests(config(language=clip.language), silence(LEAD) + clip.pcm.data + silence(1.5))
         )
         (final,) = final_results(responses)
         eot = final.end_of_turn
@@ -319,7 +320,7 @@ async def test_complete_commands_through_the_service(stt: Served, turn_clips: li
         assert 0 < eot.decision_cpu_seconds < 2 and eot.decision_wall_seconds > 0
         # The whole command, not a part: the final runs to the end of the speech and holds about
         # as many words (Whisper base writes "5" for "cinq" or "minute" for "minuteur" as it likes).
-        assert final.end_seconds > clip.pcm.duration - 0.3, (clip.name, final.end_seconds)
+        assert final.end_seconds > LEAD + clip.pcm.duration - 0.3, (clip.name, final.end_seconds)
         assert len(normalise(final.transcript)) >= 0.6 * len(normalise(clip.transcript)), (clip.name, final.transcript)
 
 
@@ -343,7 +344,9 @@ async def test_paused_clips_through_the_service(stt: Served, turn_clips: list[Tu
 async def test_silence_only_endpointing_per_stream(stt: Served, turn_clips: list[TurnClip]) -> None:
     clip = of_kind(turn_clips, "complete")[0]
     cfg = config(language=clip.language, endpointing=stt_pb2.ENDPOINTING_MODE_SILENCE, end_of_speech_silence_ms=400)
-    (final,) = final_results(await collect(stt.stub, stream_requests(cfg, clip.pcm.data + silence(1.0))))
+    (final,) = final_results(
+        await collect(stt.stub, stream_requests(cfg, silence(LEAD) + clip.pcm.data + silence(1.0)))
+    )
     eot = final.end_of_turn
     assert (eot.mode, eot.reason, eot.checks) == (MODE.ENDPOINTING_MODE_SILENCE, REASON.END_OF_TURN_REASON_SILENCE, 0)
     assert not eot.HasField("probability") and 0.4 <= eot.silence_seconds < 0.432
@@ -387,7 +390,7 @@ async def test_without_the_model_file_streams_fall_back_to_silence_and_say_why(
             before = metric("parole_stt_turn_fallbacks_total", reason="model_missing")
             clip = of_kind(turn_clips, "complete")[0]
             responses = await collect(
-                stub, stream_requests(config(language=clip.language), clip.pcm.data + silence(1.0))
+                stub, stream_requests(config(language=clip.language), silence(LEAD) + clip.pcm.data + silence(1.0))
             )
             (final,) = final_results(responses)
             eot = final.end_of_turn
@@ -424,7 +427,9 @@ async def test_a_failing_or_late_model_leaves_the_pause_to_silence(
         before = metric("parole_stt_turn_fallbacks_total", reason=reason)
         clip = of_kind(turn_clips, "complete")[0]
         cfg = config(language=clip.language)
-        (final,) = final_results(await collect(served.stub, stream_requests(cfg, clip.pcm.data + silence(1.0))))
+        (final,) = final_results(
+            await collect(served.stub, stream_requests(cfg, silence(LEAD) + clip.pcm.data + silence(1.0)))
+        )
         eot = final.end_of_turn
         assert (eot.mode, eot.reason) == (MODE.ENDPOINTING_MODE_SEMANTIC, REASON.END_OF_TURN_REASON_SILENCE)
         assert 0.3 <= eot.silence_seconds < 0.332 and final.transcript

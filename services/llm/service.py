@@ -29,6 +29,8 @@ class GenerateCommand:
     system_prompt: str | None = None
     language: str | None = None
     backend: str | None = None
+    speculative: bool = False
+    """Answer without remembering the exchange (the caller adds it if the answer stands)."""
 
 
 @dataclass(frozen=True)
@@ -80,7 +82,7 @@ class LlmService:
                     if isinstance(item, Summary):
                         summary = item
                     yield item
-                if summary is not None and summary.finish_reason != "fallback":
+                if summary is not None and summary.finish_reason != "fallback" and not cmd.speculative:
                     dropped = self.sessions.add_exchange(session, cmd.text, summary.text)
                     if dropped:
                         log.info("history trimmed", exchanges_dropped=dropped)
@@ -131,6 +133,16 @@ class LlmService:
             language=language,
             conversation=conversation,
         )
+
+    async def add_exchange(self, session_id: str, user: str, assistant: str, language: str | None) -> int:
+        """Remembers an exchange (a speculative answer that stood); returns how many older
+        exchanges the history bounds dropped."""
+        session = self.sessions.get_or_create(session_id, language or self.settings.default_language)
+        async with session.lock:
+            dropped = self.sessions.add_exchange(session, user, assistant)
+        if dropped:
+            log.info("history trimmed", session_id=session_id, exchanges_dropped=dropped)
+        return dropped
 
     def reset(self, session_id: str) -> int:
         return self.sessions.reset(session_id)

@@ -58,6 +58,29 @@ class LlmServicer(llm_pb2_grpc.LlmServiceServicer):
             language=language,
         )
 
+    async def AddExchange(
+        self, request: llm_pb2.AddExchangeRequest, context: grpc.aio.ServicerContext
+    ) -> llm_pb2.AddExchangeResponse:
+        check_session_id(request.session_id)
+        cap = self.service.settings.max_text_chars
+        for name in ("user", "assistant"):
+            value = getattr(request, name)
+            if not value.strip():
+                raise InvalidArgument(f"{name} is empty", fields={name: "must not be empty"})
+            if len(value) > cap:
+                raise InvalidArgument(
+                    f"{name} is {len(value)} characters; at most {cap} are accepted",
+                    fields={name: f"at most {cap} characters"},
+                )
+        if request.language and request.language not in LANGUAGES:
+            raise InvalidArgument(
+                f"language '{request.language}' is not supported", fields={"language": " or ".join(LANGUAGES)}
+            )
+        dropped = await self.service.add_exchange(
+            request.session_id, request.user.strip(), request.assistant.strip(), request.language or None
+        )
+        return llm_pb2.AddExchangeResponse(exchanges_dropped=dropped)
+
     async def ListModels(
         self, request: llm_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> llm_pb2.ListModelsResponse:
@@ -84,6 +107,11 @@ class LlmServicer(llm_pb2_grpc.LlmServiceServicer):
                 fields={"messages": "must be empty when session_id is set"},
             )
         messages: list[ChatMessage] = []
+        if request.speculative and not request.session_id:
+            raise InvalidArgument(
+                "speculative answers are for sessions: a stateless call (messages) remembers nothing anyway",
+                fields={"speculative": "needs session_id"},
+            )
         if request.session_id:
             check_session_id(request.session_id)
             if not text:
@@ -149,6 +177,7 @@ class LlmServicer(llm_pb2_grpc.LlmServiceServicer):
             system_prompt=opts.system_prompt.strip() or None,
             language=opts.language or None,
             backend=opts.backend or None,
+            speculative=request.speculative,
         )
 
 

@@ -52,6 +52,7 @@ async def still_serves(served: Served) -> None:
         ({"session_id": "s", "text": "hi", "options": {"temperature": 2.5}}, "options.temperature"),
         ({"session_id": "s", "text": "hi", "options": {"max_tokens": 100000}}, "options.max_tokens"),
         ({"session_id": "s", "text": "hi", "options": {"system_prompt": "a" * 201}}, "options.system_prompt"),
+        ({"text": "hi", "messages": [M(role=llm_pb2.ROLE_USER, content="hi")], "speculative": True}, "speculative"),
     ],
 )
 async def test_invalid_generate(served: Served, request_fields: dict[str, Any], field: str) -> None:
@@ -64,6 +65,47 @@ async def test_invalid_generate(served: Served, request_fields: dict[str, Any], 
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field in field_violations(err.value)
     await still_serves(served)
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "field"),
+    [
+        ({"session_id": "bad id!", "user": "hi", "assistant": "hello"}, "session_id"),
+        ({"session_id": "", "user": "hi", "assistant": "hello"}, "session_id"),
+        ({"session_id": "s", "user": " ", "assistant": "hello"}, "user"),
+        ({"session_id": "s", "user": "hi", "assistant": ""}, "assistant"),
+        ({"session_id": "s", "user": "a" * 201, "assistant": "hello"}, "user"),
+        ({"session_id": "s", "user": "hi", "assistant": "hello", "language": "de"}, "language"),
+    ],
+)
+async def test_invalid_add_exchange(served: Served, request_fields: dict[str, Any], field: str) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await served.stub.AddExchange(llm_pb2.AddExchangeRequest(**request_fields), timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in field_violations(err.value)
+    await still_serves(served)
+
+
+async def test_a_speculative_answer_is_remembered_only_once_added(served: Served) -> None:
+    """A speculative answer (to the transcript of a pause) leaves the history as it was, so
+    one the user's next words make wrong is never remembered; AddExchange records one that
+    stood, as a normal Generate would have."""
+    first = await ask(served.stub, "My name is Ada.", session_id="spec", options={"max_tokens": 4})
+    spoken = await ask(served.stub, "What is my", session_id="spec", speculative=True, options={"max_tokens": 4})
+    assert spoken.summary.text
+    history = await served.stub.GetSession(llm_pb2.GetSessionRequest(session_id="spec"))
+    assert [m.content for m in history.messages[1:]] == ["My name is Ada.", first.summary.text]
+    await served.stub.AddExchange(
+        llm_pb2.AddExchangeRequest(session_id="spec", user="What is my name?", assistant="Ada."), timeout=10
+    )
+    history = await served.stub.GetSession(llm_pb2.GetSessionRequest(session_id="spec"))
+    assert [m.content for m in history.messages[1:]][-2:] == ["What is my name?", "Ada."]
+    # A new session is created by AddExchange, in the language asked.
+    await served.stub.AddExchange(
+        llm_pb2.AddExchangeRequest(session_id="spec-new", user="Bonjour", assistant="Salut !", language="fr")
+    )
+    created = await served.stub.GetSession(llm_pb2.GetSessionRequest(session_id="spec-new"))
+    assert created.language == "fr" and [m.content for m in created.messages[1:]] == ["Bonjour", "Salut !"]
 
 
 @pytest.mark.parametrize("rpc", ["ResetSession", "GetSession"])

@@ -383,6 +383,7 @@ async def test_llm_generate_valid_envelope(fleet: Fleet, rss_start: int) -> None
             session_id=st.sampled_from(["fuzz-a", "fuzz-b"]),
             text=text_strategy(120),
             options=options,
+            speculative=st.booleans(),
         ),
         st.builds(llm_pb2.GenerateRequest, text=text_strategy(120), messages=history, options=options),
     )
@@ -397,6 +398,11 @@ async def test_llm_sessions(fleet: Fleet, rss_start: int) -> None:
     await fuzz(fleet, "llm", "GetSession", get, unary(fleet.llm_sync.GetSession), 40)
     models = message(llm_pb2.ListModelsRequest.DESCRIPTOR)
     await fuzz(fleet, "llm", "ListModels", models, unary(fleet.llm_sync.ListModels), 5)
+    add = message(
+        llm_pb2.AddExchangeRequest.DESCRIPTOR,
+        overrides={"session_id": ids, "language": st.one_of(st.sampled_from(["", "en", "fr"]), text_strategy(8))},
+    )
+    await fuzz(fleet, "llm", "AddExchange", add, unary(fleet.llm_sync.AddExchange), 40)
 
 
 # ------------------------------------------------------------------------------- TTS

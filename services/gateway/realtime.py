@@ -169,7 +169,8 @@ class RealtimeSession:
         finally:
             REALTIME_SESSIONS.dec()
             self._closed = True
-            await self._close_converse(grace=0.5)
+            # Nobody is listening any more: the answer in progress is cancelled, not finished.
+            await self._close_converse(grace=0.0)
 
     async def shutdown(self, reason: str) -> None:
         """The gateway is stopping: tell the client why, then close (1001 going away)."""

@@ -83,9 +83,8 @@ def gateway_settings(targets: dict[str, str], **overrides: Any) -> GatewaySettin
         server=server,  # type: ignore[arg-type]
         http=HttpSettings(port=0, **overrides.pop("http", {})),
         wyoming=WyomingSettings(asr_port=0, tts_port=0, **overrides.pop("wyoming", {})),
-        dependency_wait_seconds=30,
         **{name: ChannelSettings(target=t) for name, t in targets.items()},  # type: ignore[arg-type]
-        **overrides,
+        **({"dependency_wait_seconds": 30} | overrides),
     )
 
 

@@ -56,3 +56,30 @@ def test_runs_degraded_without_its_services_and_stops_on_sigterm(tmp_path: Path)
         assert child.process.wait(timeout=15) == 0
     log = (tmp_path / "gateway.log").read_text()
     assert "http listening" in log and "stopped" in log and TOKEN not in log
+
+
+async def test_graceful_stop_tells_realtime_clients_why(tmp_path: Path) -> None:
+    """Stopping the gateway ends each Realtime session with an error event that says so and a
+    1001 close (going away), not a dropped socket."""
+    import websockets
+
+    from services.gateway.app import GatewayApp
+    from services.runtime.server import start_app
+    from tests.gateway.harness import API_KEY, gateway_settings
+
+    down = f"127.0.0.1:{free_port()}"
+    settings = gateway_settings(dict.fromkeys(("stt", "llm", "tts", "orchestrator"), down), dependency_wait_seconds=0)
+    app = GatewayApp(settings)
+    running = await start_app(app, settings.server)
+    url = f"ws://127.0.0.1:{app.http_port}/v1/realtime"
+    async with websockets.connect(url, additional_headers={"Authorization": f"Bearer {API_KEY}"}) as ws:
+        assert json.loads(await ws.recv())["type"] == "session.created"
+        await running.stop(1)
+        await app.close()
+        event = json.loads(await ws.recv())
+        assert event["type"] == "error" and event["error"]["code"] == "server_shutting_down"
+        try:
+            await ws.recv()
+            raise AssertionError("the socket stayed open")
+        except websockets.ConnectionClosed as closed:
+            assert closed.rcvd is not None and closed.rcvd.code == 1001

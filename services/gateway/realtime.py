@@ -59,6 +59,23 @@ COMMIT_MIN_MS = 100
 """OpenAI's rule: committing less audio than this is an error."""
 
 
+def latency_object(lat: pb.TurnLatency) -> dict[str, Any]:
+    """A turn's TurnLatency as JSON, for ``response.done``'s ``parole.latency``: seconds from
+    the end of the user's speech (or the typed text's arrival) to each point the turn reached,
+    in pipeline order (``marks``: end_of_turn, final_transcript, ..., first_token, ...,
+    first_audio, last_audio), plus the summary fields of the proto."""
+    return {
+        "final_transcript_seconds": round(lat.final_transcript_seconds, 4),
+        "first_token_seconds": round(lat.first_token_seconds, 4),
+        "first_audio_seconds": round(lat.first_audio_seconds, 4),
+        "last_audio_seconds": round(lat.last_audio_seconds, 4),
+        "audio_seconds": round(lat.audio_seconds, 4),
+        "interrupted": lat.interrupted,
+        "degraded_stages": [pb.Stage.Name(s).removeprefix("STAGE_").lower() for s in lat.degraded_stages],
+        "marks": [{"point": m.point, "seconds": round(m.seconds, 4)} for m in lat.marks],
+    }
+
+
 def _id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:20]}"
 
@@ -674,7 +691,7 @@ class RealtimeSession:
             resp = await self._response(turn_id)
             if resp is not None and not resp.done:
                 interrupted = r.latency.interrupted or bool(resp.cancel_reason)
-                await self._finish(resp, "cancelled" if interrupted else "completed")
+                await self._finish(resp, "cancelled" if interrupted else "completed", latency=r.latency)
         elif kind == "error":
             await self._on_stage_error(r, turn_id)
 
@@ -790,7 +807,11 @@ class RealtimeSession:
         }
 
     def _response_object(
-        self, resp: ResponseState, status: str, details: dict[str, Any] | None = None
+        self,
+        resp: ResponseState,
+        status: str,
+        details: dict[str, Any] | None = None,
+        latency: pb.TurnLatency | None = None,
     ) -> dict[str, Any]:
         out = (
             [self._item_object(resp, "completed" if status == "completed" else "incomplete")]
@@ -808,6 +829,8 @@ class RealtimeSession:
             "max_output_tokens": self.state.max_output_tokens,
             "audio": {"output": {"format": {"type": "audio/pcm", "rate": RATE}, "voice": self.state.voice or None}},
             "usage": {"total_tokens": 0, "input_tokens": 0, "output_tokens": 0} if status != "in_progress" else None,
+            # Parole's extension (clients ignore fields they do not know): the turn's timings.
+            **({"parole": {"latency": latency_object(latency)}} if latency is not None else {}),
         }
 
     async def _on_audio(self, resp: ResponseState, chunk: pb.ReplyAudio, arrived: float) -> None:
@@ -841,7 +864,13 @@ class RealtimeSession:
             await self.send({"type": "response.output_audio_transcript.done", **where, "transcript": text})
         await self.send({"type": "response.content_part.done", **where, "part": self._part(resp)})
 
-    async def _finish(self, resp: ResponseState, status: str, error: dict[str, Any] | None = None) -> None:
+    async def _finish(
+        self,
+        resp: ResponseState,
+        status: str,
+        error: dict[str, Any] | None = None,
+        latency: pb.TurnLatency | None = None,
+    ) -> None:
         await self._parts_done(resp)
         resp.done = True
         item_status = "completed" if status == "completed" else "incomplete"
@@ -853,7 +882,7 @@ class RealtimeSession:
             details = {"type": "cancelled", "reason": resp.cancel_reason or "turn_detected"}
         elif status == "failed":
             details = {"type": "failed", "error": error}
-        await self.send({"type": "response.done", "response": self._response_object(resp, status, details)})
+        await self.send({"type": "response.done", "response": self._response_object(resp, status, details, latency)})
 
     async def _on_stage_error(self, r: pb.ConverseResponse, turn_id: str) -> None:
         e = r.error

@@ -117,6 +117,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"TTS tcp://127.0.0.1:{fleet.extra_port('gateway', 'WYOMING__TTS_PORT')}",
                 flush=True,
             )
+            print(
+                f"web client: {fleet.web_client_url()} (a browser tab: echo cancellation, so barge-in works "
+                "on open speakers; README: 'Talk to it from a browser')",
+                flush=True,
+            )
             if not args.demo and mic_problem is None:
                 asyncio.run(live(target, args))
                 return 0

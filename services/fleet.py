@@ -225,6 +225,16 @@ class Fleet:
                 return dict(spec.extra_ports)[setting]
         raise KeyError(f"{name} is not part of this fleet ({', '.join(s.name for s in self.specs)})")
 
+    def web_client_url(self) -> str:
+        """Where the gateway serves the browser client, on this machine (https when the gateway
+        was given a certificate)."""
+        spec = next((s for s in self.specs if s.name == "gateway"), None)
+        if spec is None:
+            raise KeyError(f"gateway is not part of this fleet ({', '.join(s.name for s in self.specs)})")
+        env = self.environment(spec)
+        tls = any(env.get(f"{spec.env_prefix}{section}__TLS__CERT_FILE") for section in ("HTTP", "SERVER"))
+        return f"{'https' if tls else 'http'}://{LOCALHOST}:{self.extra_port('gateway', 'HTTP__PORT')}/"
+
     @property
     def targets(self) -> dict[str, str]:
         return {spec.name: f"{LOCALHOST}:{spec.port}" for spec in self.specs}
@@ -468,6 +478,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"starting {', '.join(services)} ...", flush=True)
     try:
         with fleet:
+            if "gateway" in services:
+                print(f"web client: {fleet.web_client_url()} (open it in a browser)", flush=True)
             print("fleet is up; Ctrl-C stops it", flush=True)
             signal.pause()
     except FleetError as exc:

@@ -79,7 +79,7 @@ class GatewayApp:
 
     async def _start_http(self) -> None:
         s = self.settings
-        tls = s.server.tls
+        tls = s.http.tls if s.http.tls.enabled else s.server.tls
         config = uvicorn.Config(
             build_web_app(self),
             host=s.http_host(),

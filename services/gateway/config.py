@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.runtime.channel import ChannelSettings
-from services.runtime.config import ServerSettings, ServiceSettings
+from services.runtime.config import ServerSettings, ServiceSettings, TlsSettings
+
+WEB_CLIENT_DIR = Path(__file__).resolve().parent / "web"
+"""The browser client (a single page over the Realtime API), served at ``/`` by default."""
 
 # OpenAI's built-in voice names. Clients copied from OpenAI examples send one of them; they
 # are English voices, so they map to our English default voice unless configured otherwise.
@@ -52,6 +55,10 @@ class HttpSettings(BaseModel):
     """Address to listen on; None: the same as ``server.host``."""
     port: int = Field(default=8000, ge=0, le=65535)
     """HTTP port (base URL ``http://HOST:8000/v1``); 0 picks a free one (tests)."""
+    tls: TlsSettings = TlsSettings()
+    """HTTPS for the HTTP API alone, leaving the health port as it is (``make run`` probes it in
+    plain text): a browser on another machine gives the web client its microphone only over
+    https. Unset: ``server.tls``, which secures both."""
     max_upload_bytes: int = Field(default=25 * 1024 * 1024, gt=0)
     """Largest request body (an uploaded audio file); larger ones get 413. OpenAI's own limit."""
     max_json_bytes: int = Field(default=1024 * 1024, gt=0)
@@ -66,10 +73,19 @@ class HttpSettings(BaseModel):
     max_event_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
     """Largest Realtime client event; a larger one gets an ``error`` event (the socket stays
     open). A message past twice this is refused by the WebSocket layer itself (close 1009)."""
-    static_dir: Path | None = None
-    """A folder served at ``/`` (a browser client); None: nothing is served there."""
+    static_dir: Path | None = WEB_CLIENT_DIR
+    """The folder served at ``/``: the browser client by default, or a page of your own; empty
+    (``GATEWAY_HTTP__STATIC_DIR=``) or None: nothing is served there."""
     timeout_seconds: float = Field(default=120.0, gt=0)
     """Deadline of each call the gateway makes to a service."""
+
+    @field_validator("static_dir", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        # An empty variable would otherwise become Path(""), the working directory: served whole.
+        if isinstance(value, str) and value.strip().lower() in ("", "none", "null", "off"):
+            return None
+        return value
 
 
 class WyomingSettings(BaseModel):

@@ -151,7 +151,7 @@ def build_web_app(app: GatewayApp) -> ASGIApp:
     ]
     static = app.settings.http.static_dir
     if static is not None:
-        # Last, so the API routes win; issue 16's browser client lives here.
+        # Last, so the API routes win: the browser client (services/gateway/web) by default.
         routes.append(Mount("/", StaticFiles(directory=static, html=True), name="static"))
 
     async def http_error(request: Request, exc: Exception) -> Response:

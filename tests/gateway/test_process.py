@@ -44,6 +44,8 @@ def test_runs_degraded_without_its_services_and_stops_on_sigterm(tmp_path: Path)
     with fleet:
         http = f"http://127.0.0.1:{fleet.extra_port('gateway', 'HTTP__PORT')}"
         assert get(f"{http}/health", token=None) == (200, {"status": "ok"})
+        status, page = get(fleet.web_client_url(), token=None)  # the browser client, served by default
+        assert status == 200 and '<script type="module" src="app.js">' in page
         status, body = get(f"{http}/v1/models")
         assert status == 503 and body["error"]["type"] == "server_error" and "stt service" in body["error"]["message"]
         status, body = get(f"{http}/v1/models", token="wrong")

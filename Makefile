@@ -10,10 +10,13 @@ STAMP := parole/.generated
 
 install: system-deps venv proto models ## everything a fresh machine needs (idempotent)
 
-system-deps: ## espeak-ng (French voice, Piper phonemes) and PortAudio headers (PyAudio), when missing
+# chromium: the web client's tests drive Debian's browser with Playwright (whose own browser
+# downloads are not used).
+system-deps: ## espeak-ng (French voice, Piper phonemes), PortAudio headers (PyAudio), chromium (web client tests), when missing
 	@missing=""; \
 	command -v espeak-ng >/dev/null || missing="$$missing espeak-ng"; \
 	[ -f /usr/include/portaudio.h ] || missing="$$missing portaudio19-dev"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing system packages:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

@@ -169,6 +169,7 @@ class SttServicer(stt_pb2_grpc.SttServiceServicer):
             single_utterance=config.single_utterance,
             end_of_speech_silence_ms=eos,
             endpointing=ENDPOINTING[config.endpointing],
+            speculative_results=config.speculative_results,
         )
         converter = AudioConverter(rate, channels)
         session = StreamSession(self.recognizer, self.vad_factory(), self.settings.streaming, stream_config, self.turn)
@@ -265,6 +266,13 @@ class SttServicer(stt_pb2_grpc.SttServiceServicer):
         return stt_pb2.ListEnginesResponse(engines=infos)
 
 
+SPEECH_EVENTS = {
+    "started": stt_pb2.SPEECH_EVENT_TYPE_SPEECH_STARTED,
+    "ended": stt_pb2.SPEECH_EVENT_TYPE_SPEECH_ENDED,
+    "resumed": stt_pb2.SPEECH_EVENT_TYPE_SPEECH_RESUMED,
+}
+
+
 def _end_of_turn(d: EndOfTurn) -> stt_pb2.EndOfTurn:
     return stt_pb2.EndOfTurn(
         mode=END_MODE[d.mode],
@@ -279,7 +287,13 @@ def _end_of_turn(d: EndOfTurn) -> stt_pb2.EndOfTurn:
 
 
 def _result(
-    t: Transcript, final: bool, utterance: int, start: float, end: float, decision: EndOfTurn | None = None
+    t: Transcript,
+    final: bool,
+    utterance: int,
+    start: float,
+    end: float,
+    decision: EndOfTurn | None = None,
+    speculative: bool = False,
 ) -> stt_pb2.RecognitionResult:
     return stt_pb2.RecognitionResult(
         transcript=t.text,
@@ -297,16 +311,13 @@ def _result(
         decode_seconds=t.decode_seconds,
         utterance_index=utterance,
         end_of_turn=None if decision is None else _end_of_turn(decision),
+        speculative=speculative,
     )
 
 
 def _stream_response(event: SessionEvent) -> stt_pb2.StreamingRecognizeResponse:
     if isinstance(event, SpeechEvent):
-        kind = (
-            stt_pb2.SPEECH_EVENT_TYPE_SPEECH_STARTED
-            if event.kind == "started"
-            else stt_pb2.SPEECH_EVENT_TYPE_SPEECH_ENDED
-        )
+        kind = SPEECH_EVENTS[event.kind]
         return stt_pb2.StreamingRecognizeResponse(
             speech_event=kind, event_seconds=event.at_seconds, audio_processed_seconds=event.processed_seconds
         )
@@ -318,6 +329,7 @@ def _stream_response(event: SessionEvent) -> stt_pb2.StreamingRecognizeResponse:
             event.start_seconds,
             event.end_seconds,
             event.end_of_turn,
+            event.speculative,
         ),
         audio_processed_seconds=event.processed_seconds,
     )

@@ -70,6 +70,8 @@ class Paused:
     audio: FloatAudio
     start_sample: int
     end_sample: int
+    voice_end_sample: int
+    """Where the voice stopped (``end_sample`` runs on by the pause decoded with it)."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,8 @@ class Resumed:
     """Speech came back before end of speech; a speculative decode is now stale."""
 
     utterance: int
+    at_sample: int
+    """Stream sample where the voice came back (the end of the window heard as speech)."""
 
 
 @dataclass(frozen=True)
@@ -312,7 +316,7 @@ class Endpointer:
         voiced = prob >= self.threshold or (prob >= self.neg_threshold and self._silence == 0)
         if voiced:
             if self._paused:
-                events.append(Resumed(self.utterances))
+                events.append(Resumed(self.utterances, self._samples))
                 self._paused = False
             self._silence = 0
             self._voiced_windows = len(self._utt)
@@ -322,7 +326,8 @@ class Endpointer:
             if self.speculate and self._silence == self.pause_windows:
                 audio, start, end = self._slice()
                 self._paused = True
-                events.append(Paused(self.utterances, audio, start, end))
+                voice_end = min(end, start + self._voiced_windows * WINDOW)
+                events.append(Paused(self.utterances, audio, start, end, voice_end))
             if self.semantic:
                 ended = self._semantic_silence(events)
                 if ended is not None:
@@ -487,13 +492,16 @@ class StreamConfig:
     end_of_speech_silence_ms: int = 0
     endpointing: EndpointingMode | None = None
     """None: the server's default (``turn.mode``)."""
+    speculative_results: bool = False
+    """Send each pause's speculative transcript as soon as it is decoded."""
 
 
 @dataclass(frozen=True)
 class SpeechEvent:
-    """Speech started or ended, at ``at_seconds`` of stream time."""
+    """Speech started or ended (or resumed after a pause whose speculative transcript was
+    sent), at ``at_seconds`` of stream time."""
 
-    kind: Literal["started", "ended"]
+    kind: Literal["started", "ended", "resumed"]
     utterance: int
     at_seconds: float
     processed_seconds: float
@@ -531,6 +539,8 @@ class StreamResult:
     processed_seconds: float
     end_of_turn: EndOfTurn | None = None
     """Finals only."""
+    speculative: bool = False
+    """The transcript of a pause's speculative decode (not final)."""
 
 
 SessionEvent = SpeechEvent | StreamResult
@@ -545,6 +555,8 @@ class _Utterance:
     interim_at: int = 0  # utterance samples when the last interim was started
     spec_task: asyncio.Task[Recognition] | None = None
     spec_end: int = -1
+    spec_sent: bool = False
+    """The current pause's speculative transcript went to the client."""
 
 
 class _Done:
@@ -653,15 +665,8 @@ class StreamSession:
                 SpeechEvent("started", event.utterance, event.at_sample / SPEECH_RATE, self.processed_seconds)
             )
         elif isinstance(event, Paused):
-            utt = self._utt
-            assert utt is not None
-            utt.spec_task = self._spawn(
-                self.recognizer.recognize(event.audio, self._options("speculative"), hint=self.config.model_hint)
-            )
-            utt.spec_end = event.end_sample
-            if self.endpointer.hold_windows:
-                end = event.end_sample
-                utt.spec_task.add_done_callback(lambda task: self._transcript_ready(task, end))
+            assert self._utt is not None
+            self._speculate(self._utt, event)
         elif isinstance(event, CheckTurn):
             self._judging = self._spawn(self._judge(event))
         elif isinstance(event, Resumed):
@@ -670,6 +675,12 @@ class StreamSession:
                 self._utt.spec_task.cancel()
                 self._utt.spec_task = None
                 SPECULATIVE.labels("discarded").inc()
+            if self._utt is not None and self._utt.spec_sent:
+                # The client may be answering that transcript: tell it the speaker went on.
+                self._utt.spec_sent = False
+                self._out.put_nowait(
+                    SpeechEvent("resumed", event.utterance, event.at_sample / SPEECH_RATE, self.processed_seconds)
+                )
         else:
             utt = self._utt or _Utterance(event.utterance)
             self._utt = None
@@ -684,6 +695,33 @@ class StreamSession:
             self._last_final = self._spawn(
                 self._final(utt, event, spec, self._last_final, time.perf_counter(), decision)
             )
+
+    def _speculate(self, utt: _Utterance, paused: Paused) -> None:
+        """The pause's decode, started before anyone knows whether the pause ends the
+        utterance: if it does, the final is this decode's result, ready sooner."""
+        spec = self._spawn(
+            self.recognizer.recognize(paused.audio, self._options("speculative"), hint=self.config.model_hint)
+        )
+        utt.spec_task, utt.spec_end = spec, paused.end_sample
+        if self.config.speculative_results:
+            spec.add_done_callback(lambda task: self._speculative_done(task, utt, paused))
+        if self.endpointer.hold_windows:
+            spec.add_done_callback(lambda task: self._transcript_ready(task, paused.end_sample))
+
+    def _speculative_done(self, task: asyncio.Task[Recognition], utt: _Utterance, paused: Paused) -> None:
+        """Sends a pause's speculative transcript, unless it is stale already: speech resumed
+        (the task was cancelled or replaced) or the utterance ended (the final follows)."""
+        if task.cancelled() or task.exception() is not None or utt.spec_task is not task:
+            return
+        if self._utt is not utt or utt.final_sent:
+            return
+        transcript = task.result().transcript
+        if not transcript.text:
+            return
+        utt.spec_sent = True
+        self._out.put_nowait(
+            self._result(transcript, False, utt.index, paused.start_sample, paused.voice_end_sample, speculative=True)
+        )
 
     def _transcript_ready(self, task: asyncio.Task[Recognition], end_sample: int) -> None:
         """A speculative decode finished (or failed: the final decodes again either way)."""
@@ -816,11 +854,21 @@ class StreamSession:
         )
 
     def _result(
-        self, t: Transcript, final: bool, utterance: int, start: int, end: int, decision: EndOfTurn | None = None
+        self,
+        t: Transcript,
+        final: bool,
+        utterance: int,
+        start: int,
+        end: int,
+        decision: EndOfTurn | None = None,
+        *,
+        speculative: bool = False,
     ) -> StreamResult:
         offset = start / SPEECH_RATE
         words = tuple(Word(w.word, w.start + offset, w.end + offset, w.probability) for w in t.words)
         shifted = Transcript(
             t.text, t.language, t.language_probability, t.confidence, words, t.engine, t.decode_seconds
         )
-        return StreamResult(shifted, final, utterance, offset, end / SPEECH_RATE, self.processed_seconds, decision)
+        return StreamResult(
+            shifted, final, utterance, offset, end / SPEECH_RATE, self.processed_seconds, decision, speculative
+        )

@@ -166,7 +166,10 @@ async def test_speaking_over_the_answer_stops_it_within_500_ms(
         assert voiced, levels[-30:]
         onset = max(unmuted_at, voiced[0] - 0.04)  # the chunk's start
         stop_s = stopped["flushedAt"] - onset
-        print(f"barge-in: the answer stopped {stop_s * 1000:.0f} ms after the voice began")
+        heard_s = stopped["bargeInAt"] - onset
+        print(
+            f"barge-in: the answer stopped {stop_s * 1000:.0f} ms after the voice began (the server said so at {heard_s * 1000:.0f} ms)"
+        )
         assert 0 < stop_s <= BARGE_IN_LIMIT_S, stopped
 
         # The answer really was cut: audio was left unplayed, or the server had not finished

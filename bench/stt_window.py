@@ -82,23 +82,28 @@ def percentile(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
 
 
-Window = tuple[float | None, bool]
-"""(padding in seconds, or None for the full 30 s; pad with the silence floor, not zeros)."""
+Window = tuple[float | None, float, bool]
+"""(padding in seconds, or None for the full 30 s; the least window; pad with the silence
+floor, not zeros)."""
 
 
 def parse_window(spec: str) -> Window:
-    """PAD or PADs ("s": padded with the silence floor), "full" or "fulls"."""
+    """PAD[:LEAST][s] ("s": padded with the silence floor), "full" or "fulls"."""
     floor = spec.endswith("s")
     spec = spec.removesuffix("s")
-    return (None if spec == "full" else float(spec)), floor
+    if spec == "full":
+        return None, 0.0, floor
+    pad, _, least = spec.partition(":")
+    return float(pad), float(least or 0), floor
 
 
 def describe(w: Window) -> str:
-    pad, floor = w
-    return ("full-30s" if pad is None else f"pad-{pad:g}s") + ("-silence" if floor else "-zeros")
+    pad, least, floor = w
+    name = "full-30s" if pad is None else f"pad-{pad:g}s" + (f"-min-{least:g}s" if least else "")
+    return name + ("-silence" if floor else "-zeros")
 
 
-FULL: Window = (None, False)
+FULL: Window = (None, 0.0, False)
 """faster-whisper's own decode: 30 s, zero-padded (the reference the others are compared to)."""
 
 
@@ -118,7 +123,7 @@ async def run(windows: list[Window], rounds: int) -> dict[str, Any]:
         for r in range(rounds):
             # Settings take turns, and the order flips each round.
             for w in windows if r % 2 == 0 else list(reversed(windows)):
-                engine.window_padding_seconds, engine.pad_with_silence = w
+                engine.window_padding_seconds, engine.window_min_seconds, engine.pad_with_silence = w
                 t = await engine.transcribe(audio, DecodeOptions(language=language, kind="final"))
                 times[label[w]].append(t.decode_seconds)
                 texts[label[w]] = (t.text, t.window_fallback, t.window_seconds)
@@ -173,9 +178,9 @@ def main() -> None:
     parser.add_argument(
         "--windows",
         nargs="*",
-        default=["fulls", "4s", "6", "6s", "8s"],
-        help="windows to try beside the stock one (full, zeros): PADDING seconds after the audio, 'full' for 30 s; "
-        "a trailing 's' pads with the silence floor instead of zeros",
+        default=["6", "6s", "6:10s", "6:14s"],
+        help="windows to try beside the stock one (full, zeros): PADDING[:LEAST] seconds (the audio plus PADDING, "
+        "at least LEAST), 'full' for 30 s; a trailing 's' pads with the silence floor instead of zeros",
     )
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out", type=Path, default=REPO / "reports" / "bench_stt_window.json")

@@ -50,6 +50,7 @@ def build_engine(spec: EngineSettings, settings: SttSettings, placement: Placeme
         temperatures=settings.temperatures,
         english_only=spec.english_only,
         window_padding_seconds=spec.window_padding_seconds,
+        window_min_seconds=spec.window_min_seconds,
         pad_with_silence=spec.window_silence_floor,
     )
 

@@ -45,6 +45,11 @@ class EngineSettings(BaseModel):
     stops early; a degenerate result (a phrase repeated, too many words for the audio, the
     length bound hit) is decoded again with the full window. None: always the full 30 s; on a
     GPU the encoder is cheap, so the GPU profile (stt.gpu.yaml) keeps the full window."""
+    window_min_seconds: float = Field(default=10.0, ge=1, le=30)
+    """The shortest encoder window: short questions get this much rather than the audio plus
+    the padding. On streamed real recordings French lost a few words with 8 s windows and
+    none to speak of with 10 s (bench.stt_window); a 10 s window still costs about a third of
+    the full one."""
     window_silence_floor: bool = True
     """Pad the encoder window with the log-mel of silence, as Whisper was trained, rather
     than faster-whisper's zeros (which read as faint noise); with the short window it

@@ -138,6 +138,8 @@ class WhisperEngine:
     window_padding_seconds: float | None = 6.0
     """Encoder window = the audio plus this much padding (None: Whisper's fixed 30 s).
     See ``_install_window_hook``."""
+    window_min_seconds: float = 10.0
+    """...and never shorter than this."""
     pad_with_silence: bool = True
     """Pad the window with the silence floor instead of zeros (see ``_install_window_hook``)."""
     _model: Any = field(default=None, repr=False)
@@ -227,7 +229,8 @@ class WhisperEngine:
         (a few distinct shapes keep CTranslate2's buffers reused), at most Whisper's 30 s."""
         if self.window_padding_seconds is None:
             return FULL_WINDOW_SECONDS
-        return float(min(FULL_WINDOW_SECONDS, math.ceil(audio_seconds + self.window_padding_seconds)))
+        window = max(self.window_min_seconds, math.ceil(audio_seconds + self.window_padding_seconds))
+        return float(min(FULL_WINDOW_SECONDS, window))
 
     @staticmethod
     def _max_new_tokens(audio_seconds: float) -> int:

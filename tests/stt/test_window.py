@@ -37,9 +37,12 @@ def configured(engine: WhisperEngine, **changes: object) -> Iterator[WhisperEngi
 
 
 def test_window_is_the_utterance_plus_padding_in_whole_seconds(whisper_engine: WhisperEngine) -> None:
-    with configured(whisper_engine, window_padding_seconds=6.0):
+    with configured(whisper_engine, window_padding_seconds=6.0, window_min_seconds=0.0):
         assert whisper_engine.window_seconds(2.3) == 9.0
         assert whisper_engine.window_seconds(27.0) == FULL_WINDOW_SECONDS
+    with configured(whisper_engine, window_padding_seconds=6.0, window_min_seconds=10.0):
+        assert whisper_engine.window_seconds(2.3) == 10.0
+        assert whisper_engine.window_seconds(5.5) == 12.0
     with configured(whisper_engine, window_padding_seconds=None):
         assert whisper_engine.window_seconds(2.3) == FULL_WINDOW_SECONDS
 
@@ -72,7 +75,9 @@ async def test_a_degenerate_short_window_decode_falls_back_to_the_full_window(en
     """Two seconds of zero padding make Whisper base say this bundled question twice over;
     the guard sees the repetition and decodes it again with the full window."""
     audio = pcm16_to_float(read_wav(DEMO_DIR / "en-days-week.wav").data)
-    with configured(engine, window_padding_seconds=2.0, pad_with_silence=False, temperatures=(0.0,)):
+    with configured(
+        engine, window_padding_seconds=2.0, window_min_seconds=0.0, pad_with_silence=False, temperatures=(0.0,)
+    ):
         result = await engine.transcribe(audio, DecodeOptions(language="en"))
     assert result.window_fallback and result.window_seconds == FULL_WINDOW_SECONDS
     assert normalise(result.text) == normalise("How many days are in a week?")
@@ -101,7 +106,7 @@ async def test_short_window_is_as_accurate_as_the_full_one_on_real_recordings(
         audio = pcm16_to_float(resample_pcm16(pcm.data, pcm.sample_rate, 16000))
         n = len(normalise(reference))
         words += n
-        for name, padding in (("short", 6.0), ("full", None)):
+        for name, padding in (("short", engine.window_padding_seconds), ("full", None)):
             with configured(engine, window_padding_seconds=padding, temperatures=(0.0,)):
                 result = await engine.transcribe(audio, DecodeOptions(language=language))
             errors[name] += word_error_rate(reference, result.text) * n

@@ -12,7 +12,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
+from starlette.routing import BaseRoute, Match, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
@@ -41,6 +41,19 @@ OPEN_PATHS = ("/health",)
 """Paths that need no API key: probes must not need the secret."""
 INSECURE_KEY_PROTOCOL = "openai-insecure-api-key."
 """Browsers cannot set headers on a WebSocket; OpenAI's clients pass the key as a subprotocol."""
+
+
+class PageMount(Mount):
+    """The static folder at ``/``, for HTTP outside ``/v1`` only. A mount at ``/`` matches every
+    path fully, and Starlette takes a full match over a method mismatch: ``GET`` on a POST-only
+    endpoint would get the folder's 404 instead of 405, and a WebSocket to an unknown path would
+    reach a static-file handler that serves HTTP alone."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path == "/v1" or path.startswith("/v1/"):
+            return Match.NONE, {}
+        return super().matches(scope)
 
 
 def error_response(err: ApiError) -> JSONResponse:
@@ -152,7 +165,7 @@ def build_web_app(app: GatewayApp) -> ASGIApp:
     static = app.settings.http.static_dir
     if static is not None:
         # Last, so the API routes win: the browser client (services/gateway/web) by default.
-        routes.append(Mount("/", StaticFiles(directory=static, html=True), name="static"))
+        routes.append(PageMount("/", StaticFiles(directory=static, html=True), name="static"))
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)

@@ -2,7 +2,8 @@
 Playwright (whose own browser downloads are not used).
 
 Chromium's fake microphone plays a WAV file (``--use-file-for-fake-audio-capture``; the
-``%noloop`` suffix plays it once, then silence; without it the file loops). The audio still
+``%noloop`` suffix plays it once, then silence; without it the file loops). Our 16 kHz mono
+PCM16 WAVs play as they are: Chromium converts the rate to its capture format. The audio still
 goes through the browser's echo cancellation, noise suppression and gain control, the page's
 capture worklet and the Realtime socket, as a person's voice would.
 """

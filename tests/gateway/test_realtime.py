@@ -81,7 +81,7 @@ async def test_spoken_conversation_then_cancel(gw: GatewayFleet) -> None:
         # Parole's extension: the turn's timings (the web client's latency chart reads them).
         latency = done.model_extra["parole"]["latency"]
         points = [m["point"] for m in latency["marks"]]
-        assert points[:2] == ["end_of_turn", "final_transcript"] and "first_token" in points and "first_audio" in points
+        assert {"final_transcript", "first_token", "first_audio"} <= set(points), points
         assert latency["first_audio_seconds"] >= latency["first_token_seconds"] > 0 and not latency["interrupted"]
 
         # A typed turn, cancelled once its audio has started: the response ends "cancelled".

@@ -6,10 +6,14 @@ from __future__ import annotations
 from dataclasses import replace
 
 import httpx
+import pytest
+import websockets
 
 from services.fleet import CATALOG, Fleet
 from services.gateway.config import WEB_CLIENT_DIR, HttpSettings
-from tests.gateway.harness import GatewayFleet
+from tests.gateway.harness import API_KEY, GatewayFleet
+
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
 async def test_the_page_and_its_scripts_are_served_without_the_key(gw: GatewayFleet) -> None:
@@ -18,6 +22,7 @@ async def test_the_page_and_its_scripts_are_served_without_the_key(gw: GatewayFl
         app = await http.get("/app.js")
         worklets = await http.get("/audio-worklets.js")
         models = await http.get("/v1/models")
+        post_only = await http.get("/v1/audio/speech", headers=AUTH)
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert '<script type="module" src="app.js">' in page.text
     # An AudioWorklet module and an ES module load only with a JavaScript MIME type.
@@ -27,6 +32,13 @@ async def test_the_page_and_its_scripts_are_served_without_the_key(gw: GatewayFl
         "registerProcessor('parole-capture'" in worklets.text and "registerProcessor('parole-playback'" in worklets.text
     )
     assert models.status_code == 401  # the API behind the page still needs the key
+    # The folder at / takes nothing from the API: GET on a POST endpoint is still 405, not the
+    # folder's 404, and a WebSocket to another path is refused, not handed to a file server.
+    assert post_only.status_code == 405
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        async with websockets.connect(f"ws://127.0.0.1:{gw.gateway.http_port}/index.html"):
+            pass
+    assert refused.value.response.status_code == 403
 
 
 def test_the_client_is_the_default_and_an_empty_setting_serves_nothing() -> None:

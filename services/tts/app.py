@@ -9,10 +9,12 @@ import grpc
 from parole.tts.v1 import tts_pb2, tts_pb2_grpc
 from services.models.store import ModelError, ModelStore
 from services.runtime.device import resolve_placement
+from services.runtime.errors import NotFound
 from services.runtime.logging import get_logger
 from services.runtime.resilience import Breakers
 from services.tts.config import TtsSettings
 from services.tts.engines import Engine, EspeakEngine, PiperEngine
+from services.tts.kokoro import KOKORO_PREFIX, KokoroEngine
 from services.tts.synthesizer import SERVICE, Synthesizer
 from services.tts.text import SplitPolicy
 from services.tts.voices import VoiceRegistry
@@ -29,16 +31,36 @@ class TtsApp:
         self.settings = settings
         if engines is None:
             placement = resolve_placement(settings.device)
+            store = ModelStore(settings.model_dir)
+            kokoro = settings.kokoro
             engines = [
                 PiperEngine(
-                    ModelStore(settings.model_dir),
+                    store,
                     placement,
                     settings.device.threads,
                     settings.piper_gain,
                     warm_chars=settings.split.max_chars,
                 ),
+                *(
+                    [
+                        KokoroEngine(
+                            store,
+                            placement,
+                            threads=kokoro.threads or settings.device.threads,
+                            blends=kokoro.blends,
+                            espeak_voice=kokoro.espeak_voice,
+                            gain=kokoro.gain,
+                            pace=kokoro.pace,
+                            warm_chars=settings.split.max_chars,
+                            espeak_timeout_seconds=settings.espeak_timeout_seconds,
+                        )
+                    ]
+                    if kokoro.enabled
+                    else []
+                ),
                 EspeakEngine(timeout_seconds=settings.espeak_timeout_seconds),
             ]
+        self._kokoro = next((e for e in engines if isinstance(e, KokoroEngine)), None)
         self.registry = VoiceRegistry(engines, settings.chains, settings.default_language)
         split = settings.split
         self.synth = Synthesizer(
@@ -65,13 +87,23 @@ class TtsApp:
         log.info("voices ready", voices=len(self.registry.names()), languages=len(self.registry.languages()))
 
     def _warn_missing_voices(self) -> None:
-        """A configured Piper voice that is absent is skipped (its language falls back to the
-        next voice, espeak-ng last): say which, where it was looked for and how to get it."""
+        """A configured voice that is absent is skipped (its language falls back to the next
+        voice, espeak-ng last): say which, where it was looked for and how to get it."""
         present = set(self.registry.names())
         store = ModelStore(self.settings.model_dir)
         for language, names in self.settings.chains.items():
             for name in names:
                 if name in present or name.startswith("espeak-ng:"):
+                    continue
+                if name.startswith(KOKORO_PREFIX):
+                    problem = self._kokoro_problem(name)
+                    if problem:
+                        log.warning(
+                            "configured voice unavailable; its language falls back",
+                            language=language,
+                            voice=name,
+                            error=problem,
+                        )
                     continue
                 try:
                     store.piper_voice(name)
@@ -79,6 +111,18 @@ class TtsApp:
                     log.warning(
                         "configured voice unavailable; its language falls back", language=language, error=str(exc)
                     )
+
+    def _kokoro_problem(self, name: str) -> str:
+        """Why a configured Kokoro voice cannot speak ("" when it can)."""
+        if self._kokoro is None:
+            return "the Kokoro engine is off (TTS_KOKORO__ENABLED=false)"
+        if self._kokoro.missing is not None:
+            return str(self._kokoro.missing)
+        try:
+            self.registry.get(name)
+        except NotFound as exc:
+            return str(exc)
+        return ""
 
     async def close(self) -> None:
         self.synth.close()

@@ -7,6 +7,10 @@ from pydantic_settings import SettingsConfigDict
 
 from services.runtime.config import ServerSettings, ServiceSettings
 
+DEFAULT_FRENCH_KOKORO = "kokoro:jm_kumo"
+"""The offline French default when siwis is absent: of Kokoro's five styles and three blends,
+the best understood (round-trip WER through our STT in bench.tts; see the README)."""
+
 
 class SplitSettings(BaseModel):
     """Where streamed text is cut (see ``services.tts.text.SplitPolicy``)."""
@@ -29,6 +33,36 @@ class SplitSettings(BaseModel):
     """...or after this many words, boundary or not."""
 
 
+class KokoroSettings(BaseModel):
+    """The Kokoro-82M engine: neural French offline (``services.tts.kokoro``)."""
+
+    model_config = {"extra": "forbid"}
+
+    enabled: bool = True
+    """Offer the Kokoro voices when the model is assembled (``python -m services.models
+    assemble kokoro``); missing files only log a warning and French falls back to espeak-ng."""
+    threads: int = Field(default=1, ge=0)
+    """onnxruntime threads per synthesis (0: ``device.threads``, else every core). One by
+    default: the first pieces are spoken while the LLM still writes the answer on the same
+    cores, and llama.cpp's threads wait on each other, so a second Kokoro thread (a lone
+    piece 1.5-1.7x faster) takes the LLM's core away. bench.tts measures both sides; on a
+    shared machine the result is dominated by the other load (see the README)."""
+    blends: list[str] = Field(default_factory=lambda: ["jf_gongitsune*0.5+jf_nezumi*0.5"])
+    """Style blends listed by ListVoices beside the named styles (``style*weight+...``; an
+    unknown style stops the start-up, naming the styles there are); a request may name any
+    other blend as ``kokoro:<blend>``. The default: the best understood mix of two female
+    styles (bench.tts)."""
+    espeak_voice: str = Field(default="fr-fr", pattern=r"^[a-z]{2,3}(-[a-z0-9]{2,8})?$")
+    """espeak-ng voice that turns text into the phonemes Kokoro reads (and so its language)."""
+    pace: float = Field(default=0.9, ge=0.5, le=2)
+    """Kokoro's speed at a request's speed 1.0 (requests scale it). Slower than the model's
+    own pace is understood better: round-trip WER 26.5 % at 0.9 against 32 % at 1.0 (jm_kumo,
+    36 answers, one run), for 10 % more compute."""
+    gain: float = Field(default=0.75, gt=0, le=4)
+    """Fixed gain on Kokoro's output. Its styles are equally loud (speech RMS 0.12-0.13) but
+    jm_kumo peaks at 1.05-1.18 (measured): 0.75 keeps every style under full scale."""
+
+
 class TtsSettings(ServiceSettings):
     """Settings of the TTS service."""
 
@@ -40,12 +74,13 @@ class TtsSettings(ServiceSettings):
     """Language used when a request names neither a voice nor a language."""
     chains: dict[str, list[str]] = Field(
         default_factory=lambda: {
-            "fr": ["fr_FR-siwis-medium", "espeak-ng:fr"],
+            "fr": ["fr_FR-siwis-medium", DEFAULT_FRENCH_KOKORO, "espeak-ng:fr"],
             "en": ["en_US-joe-medium", "espeak-ng:en-us"],
         }
     )
-    """Preferred voices per language; absent voices are skipped, other Piper voices of the
-    language follow, espeak-ng comes last."""
+    """Preferred voices per language; absent voices are skipped, other neural voices of the
+    language follow (one per model), espeak-ng comes last. French: the Piper voice siwis when
+    its files are present, else Kokoro (chosen by round-trip WER in bench.tts), else espeak-ng."""
     preload: bool = True
     """Load and warm every Piper voice before reporting SERVING (else on first use)."""
     workers: int = Field(default=2, ge=1)
@@ -60,5 +95,6 @@ class TtsSettings(ServiceSettings):
     """How long an open breaker waits before letting one probe call through."""
     piper_gain: float = Field(default=1.0, gt=0, le=4)
     """Fixed gain on Piper's output (Piper voices peak around -5 dBFS unnormalised)."""
+    kokoro: KokoroSettings = KokoroSettings()
     espeak_timeout_seconds: float = Field(default=10.0, gt=0)
     """An espeak-ng process running longer is killed (and counts as a failure)."""

@@ -1,7 +1,7 @@
 """Speech engines: Piper (neural, onnxruntime) and espeak-ng (formant, any language).
 
-The only module that imports piper or runs espeak-ng. Every call here blocks; the
-synthesizer runs them in its worker threads.
+The only module that imports piper or speaks with espeak-ng (Kokoro, in kokoro.py, runs it
+for phonemes only). Every call here blocks; the synthesizer runs them in its worker threads.
 
 espeak-ng runs as a subprocess per call rather than through a binding: libespeak-ng keeps one
 global voice and state (not thread-safe), so a binding would serialise every call behind a
@@ -90,6 +90,21 @@ class Engine(Protocol):
         ...
 
 
+def onnx_providers(placement: Placement, what: str) -> list[Any]:
+    """onnxruntime providers for a placement: CUDA first (CPU for the nodes it lacks), or CPU."""
+    import onnxruntime
+
+    if placement.device != "cuda":
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        raise DeviceError(
+            f"{what} was placed on CUDA but this onnxruntime has no CUDA provider; "
+            "install onnxruntime-gpu or set TTS_DEVICE__DEVICE=cpu"
+        )
+    cuda = {"device_id": placement.device_index, "cudnn_conv_algo_search": "HEURISTIC"}
+    return [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
+
+
 # ----------------------------------------------------------------------------- Piper
 # Warm-up text: plain words every voice's phonemizer reads, repeated to the longest clause.
 _WARM_TEXT = "the seven bright stars shine above quiet hills while rivers run to a distant sea"
@@ -153,15 +168,7 @@ class PiperEngine:
         if self._threads:
             options.intra_op_num_threads = self._threads
             options.inter_op_num_threads = 1
-        providers: list[Any] = ["CPUExecutionProvider"]
-        if self._placement.device == "cuda":
-            if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
-                raise DeviceError(
-                    "Piper was placed on CUDA but this onnxruntime has no CUDA provider; "
-                    "install onnxruntime-gpu or set TTS_DEVICE__DEVICE=cpu"
-                )
-            cuda = {"device_id": self._placement.device_index, "cudnn_conv_algo_search": "HEURISTIC"}
-            providers = [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
+        providers = onnx_providers(self._placement, "Piper")
         session = onnxruntime.InferenceSession(str(onnx), sess_options=options, providers=providers)
         parsed = PiperConfig.from_dict(json.loads(config.read_text(encoding="utf-8")))
         log.info("loaded Piper voice", voice=name, providers=session.get_providers())

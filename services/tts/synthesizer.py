@@ -225,11 +225,11 @@ class Synthesizer:
             yield await self.speak(piece, plan)
 
     async def load(self) -> None:
-        """Loads and warms the voices that lead a chain (in the pool: loading blocks)."""
+        """Loads and warms the neural voices of every chain (in the pool: loading blocks)."""
         loop = asyncio.get_running_loop()
         seen: set[str] = set()
         for lang in self.registry.languages():
             for voice in self.registry.chain(lang):
-                if voice.spec.engine == "piper" and voice.name not in seen:
+                if voice.spec.engine != "espeak-ng" and voice.name not in seen:
                     seen.add(voice.name)
                     await loop.run_in_executor(self._pool, voice.engine.load, voice.name)

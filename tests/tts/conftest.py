@@ -1,5 +1,6 @@
-"""TTS fixtures: a model directory with the joe voice and a French Piper voice made from it,
-one real server for the session, and Whisper base to listen to what it says."""
+"""TTS fixtures: a model directory with the joe voice and a French Piper voice made from it
+(and one with the Kokoro model too), one real server for the session, and Whisper base to
+listen to what it says."""
 
 from __future__ import annotations
 
@@ -44,6 +45,14 @@ def add_piper_voice(store: ModelStore, model_dir: Path, name: str, language: dic
     (folder / f"{name}.onnx.json").write_text(json.dumps(data))
 
 
+def add_kokoro(store: ModelStore, model_dir: Path) -> None:
+    """Links the assembled Kokoro files into another model directory."""
+    folder = model_dir / "kokoro"
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in store.kokoro():
+        _link_or_copy(path, folder / path.name)
+
+
 @pytest.fixture(scope="session")
 def tts_model_dir(model_store: ModelStore, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """joe, plus a French Piper voice (joe's network with French phonemes): exercises voice
@@ -56,6 +65,16 @@ def tts_model_dir(model_store: ModelStore, tmp_path_factory: pytest.TempPathFact
         FRENCH_TEST_VOICE,
         {"code": "fr_FR", "family": "fr", "region": "FR", "name_native": "Français", "name_english": "French"},
     )
+    return root
+
+
+@pytest.fixture(scope="session")
+def full_model_dir(model_store: ModelStore, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """joe and the Kokoro model: every engine's voices (the French Piper voice is left out so
+    that Kokoro leads the French chain, as on a machine without siwis)."""
+    root = tmp_path_factory.mktemp("tts-models-kokoro")
+    add_piper_voice(model_store, root, "en_US-joe-medium")
+    add_kokoro(model_store, root)
     return root
 
 

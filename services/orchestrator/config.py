@@ -58,6 +58,11 @@ class OrchestratorSettings(ServiceSettings):
     (degraded) — model loading can take minutes on a cold host."""
     max_sessions: int = Field(default=64, gt=0)
     """Conversations at once; more get RESOURCE_EXHAUSTED."""
+    preemptive_generation: bool = True
+    """Answer a pause's transcript as soon as the STT has it, before it decides whether the
+    turn is over (its output held until the final confirms it, dropped if the speaker goes
+    on). Costs an LLM call that is thrown away each time the speaker resumes after a pause;
+    saves the wait for the end of the turn whenever they do not."""
     stt_reconnect_max_seconds: float = Field(default=2.0, gt=0)
     """Longest pause between attempts to reopen a broken speech-to-text stream. An attempt
     while the service is still down fails at once (its channel reconnects on its own, within

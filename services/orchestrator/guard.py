@@ -43,6 +43,17 @@ class Stubs:
     llm: llm_pb2_grpc.LlmServiceAsyncStub
     tts: tts_pb2_grpc.TtsServiceAsyncStub
     breakers: Breakers = field(default_factory=lambda: Breakers("orchestrator"))
+    activity: Activity = field(default_factory=lambda: Activity())
+
+
+@dataclass
+class Activity:
+    """What every session of this orchestrator is doing at once (shared through ``Stubs``)."""
+
+    answering: int = 0
+    """Turns being answered now, confirmed or ahead of their final. A turn is answered ahead
+    only when none is: the LLM answers one turn at a time, so a guess would make another
+    session's real turn wait, and on a full machine it would take cores from the decodes."""
 
 
 class Failed(NamedTuple):

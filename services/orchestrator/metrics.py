@@ -18,3 +18,8 @@ SESSIONS = Gauge("parole_sessions_active", "Conversations in progress.")
 GATED_AUDIO = Counter(
     "parole_gated_audio_seconds_total", "Microphone audio ignored while the answer played (anti-feedback)."
 )
+SPECULATIVE_TURNS = Counter(
+    "parole_speculative_turns_total",
+    "Turns answered ahead on a pause's transcript: started, then confirmed by the final or withdrawn.",
+    ["outcome"],
+)

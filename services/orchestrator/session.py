@@ -142,7 +142,14 @@ class Conversation:
             timeout=settings.llm_timeout_seconds + settings.tts_timeout_seconds,
         )
         self.answer = Answer(
-            think, speak, turns=self.turns, outbox=self.outbox, gate=self.gate, output_rate=s.output_rate, log=self.log
+            think,
+            speak,
+            turns=self.turns,
+            outbox=self.outbox,
+            gate=self.gate,
+            output_rate=s.output_rate,
+            log=self.log,
+            activity=stubs.activity,
         )
         self.listen = Listen(
             stubs.stt,
@@ -152,11 +159,13 @@ class Conversation:
                 interim_results=s.interim_results,
                 end_of_speech_silence_ms=s.end_of_speech_silence_ms,
                 endpointing=s.endpointing,
+                speculative_results=settings.preemptive_generation,
             ),
             outbox=self.outbox,
             turns=self.turns,
             barge_in=functools.partial(self.answer.interrupt, "barge_in") if s.barge_in else None,
             interim_results=s.interim_results,
+            ahead=self.answer if settings.preemptive_generation else None,
             reconnect_max=settings.stt_reconnect_max_seconds,
             log=self.log,
         )

@@ -23,6 +23,7 @@ from services.runtime.audio import SPEECH_RATE
 from services.runtime.streams import Channel
 
 POINTS = (
+    "speculative_transcript",
     "end_of_turn",
     "final_transcript",
     "turn_started",
@@ -55,6 +56,11 @@ class Turn:
     audio_seconds: float = 0.0
     sequence: int = 0
     out_rate: int = 0
+    speculative: bool = False
+    """Started on a pause's speculative transcript, before the final: the LLM is asked not
+    to remember the exchange, which is recorded once the turn is confirmed."""
+    answered: bool = False
+    """The language model finished its answer (not cut short, not a fallback)."""
 
     def mark(self, point: str, now: float, *, first: bool = True) -> None:
         """Records when ``point`` was reached (the first time, unless ``first`` is False)."""
@@ -76,13 +82,21 @@ class TurnQueue:
     def submit(self, text: str, *, start: float, final_at: float, end_of_turn_at: float | None = None) -> Turn:
         """Queues a turn: ``start`` is when the user stopped speaking (or typed), ``final_at``
         when its final transcript arrived, ``end_of_turn_at`` when the STT said the turn ended."""
-        self._count += 1
-        turn = Turn(f"{self.session_id}-{self._count}", text, start, final_at)
+        turn = Turn(self.next_id(), text, start, final_at)
         if end_of_turn_at is not None:
             turn.mark("end_of_turn", end_of_turn_at)
         turn.mark("final_transcript", final_at)
         self.channel.send_nowait(turn)
         return turn
+
+    def next_id(self) -> str:
+        self._count += 1
+        return f"{self.session_id}-{self._count}"
+
+    @property
+    def waiting(self) -> bool:
+        """Turns are queued that nobody answers yet."""
+        return self.channel.qsize() > 0
 
     def close(self) -> None:
         """No more turns will come: the answering stage ends once these are answered."""
@@ -92,10 +106,28 @@ class TurnQueue:
 class TurnOutput:
     """Everything one turn sends the client, released in order through ``_release``."""
 
-    def __init__(self, turn: Turn, outbox: Outbox, gate: Gatekeeper) -> None:
+    def __init__(self, turn: Turn, outbox: Outbox, gate: Gatekeeper, *, held: bool = False) -> None:
         self.turn = turn
         self.outbox = outbox
         self.gate = gate
+        # A speculative turn's events wait here until the final confirms it (``confirm``) or
+        # the speaker goes on (``drop``): nothing of it reaches the client before.
+        self.held: list[tuple[float | None, dict[str, Any]]] | None = [] if held else None
+        self._finished: bool | None = None  # a held turn's end: its record is made on release
+
+    def confirm(self) -> None:
+        """The turn stands: what it has said so far goes out now, in order, and the rest as
+        it comes (the gate closes and the first audio is timed at this release; a turn that
+        ended meanwhile gets its latency record now, with every point in it)."""
+        held, self.held = self.held, None
+        for audio_seconds, event in held or ():
+            self._release(audio_seconds=audio_seconds, **event)
+        if self._finished is not None:
+            self.finish(interrupted=self._finished)
+
+    def drop(self) -> None:
+        """The turn is abandoned before anything of it was released."""
+        self.held = []
 
     def text(self, delta: str) -> None:
         """A piece of the answer text."""
@@ -123,6 +155,9 @@ class TurnOutput:
         """The turn's latency record, to the client and to Prometheus; returns the outcome."""
         turn = self.turn
         outcome = "interrupted" if interrupted else ("degraded" if turn.degraded else "completed")
+        if self.held is not None:
+            self._finished = interrupted
+            return outcome
         TURNS.labels(outcome).inc()
         timing = turn.timing
         for stage, seconds in timing.items():
@@ -146,6 +181,9 @@ class TurnOutput:
         """Sends one event of the turn to the client now. Answer audio is accounted for here,
         as it leaves: the gate closes on the turn's first chunk and the first/last audio
         times are taken, because this is when the client can start playing it."""
+        if self.held is not None:
+            self.held.append((audio_seconds, event))
+            return
         if audio_seconds is None:
             self.outbox.emit(self.turn.turn_id, **event)
             return

@@ -54,9 +54,10 @@ class Session:
                 await asyncio.sleep(len(chunk) / 2 / rate)
         return time.monotonic()
 
-    async def say(self, pcm: bytes, rate: int = 16000, trailing_silence: float = 1.0) -> float:
+    async def say(self, pcm: bytes, rate: int = 16000, trailing_silence: float = 2.5) -> float:
         """Speech followed by silence (so the end of speech is detected); returns the time the
-        speech itself ended."""
+        speech itself ended. The silence outlasts the longest pause the STT waits on a turn its
+        end-of-turn model judges unfinished (2 s), as a live microphone's would."""
         end = await self.send_audio(pcm, rate)
         await self.send_audio(silence(trailing_silence, rate), rate)
         return end

@@ -77,11 +77,22 @@ class FakeLlm(llm_pb2_grpc.LlmServiceServicer):
     """End like the LLM service's own last resort (FINISH_REASON_FALLBACK)."""
     requests: list[llm_pb2.GenerateRequest] = field(default_factory=list)
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    called: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set on each Generate call."""
+    exchanges: list[llm_pb2.AddExchangeRequest] = field(default_factory=list)
+    """What AddExchange was asked to remember."""
+
+    async def AddExchange(
+        self, request: llm_pb2.AddExchangeRequest, context: grpc.aio.ServicerContext
+    ) -> llm_pb2.AddExchangeResponse:
+        self.exchanges.append(request)
+        return llm_pb2.AddExchangeResponse()
 
     async def Generate(
         self, request: llm_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[llm_pb2.GenerateResponse]:
         self.requests.append(request)
+        self.called.set()
         if self.fail is not None:
             await context.abort(self.fail, "fake LLM failure")
         try:
@@ -108,6 +119,8 @@ class FakeTts(tts_pb2_grpc.TtsServiceServicer):
     """The voice that answers (a session asking for another sees a fallback)."""
     configs: list[tts_pb2.SynthesisConfig] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
+    spoke: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set on each piece of text spoken."""
 
     async def StreamingSynthesize(
         self, request_iterator: AsyncIterator[tts_pb2.StreamingSynthesizeRequest], context: grpc.aio.ServicerContext
@@ -121,6 +134,7 @@ class FakeTts(tts_pb2_grpc.TtsServiceServicer):
             if not request.text:
                 continue
             self.texts.append(request.text)
+            self.spoke.set()
             samples = int(TTS_RATE * self.chunk_seconds)
             yield tts_pb2.StreamingSynthesizeResponse(
                 audio=tts_pb2.AudioChunk(
@@ -173,3 +187,14 @@ def final(text: str, end_seconds: float = 0.0) -> stt_pb2.StreamingRecognizeResp
 def speech_event(started: bool) -> stt_pb2.StreamingRecognizeResponse:
     kind = stt_pb2.SPEECH_EVENT_TYPE_SPEECH_STARTED if started else stt_pb2.SPEECH_EVENT_TYPE_SPEECH_ENDED
     return stt_pb2.StreamingRecognizeResponse(speech_event=kind)
+
+
+def speculative(text: str, end_seconds: float = 0.0) -> stt_pb2.StreamingRecognizeResponse:
+    """The transcript of a pause, sent before the end of the turn is decided."""
+    return stt_pb2.StreamingRecognizeResponse(
+        result=stt_pb2.RecognitionResult(transcript=text, speculative=True, language="en", end_seconds=end_seconds)
+    )
+
+
+def resumed() -> stt_pb2.StreamingRecognizeResponse:
+    return stt_pb2.StreamingRecognizeResponse(speech_event=stt_pb2.SPEECH_EVENT_TYPE_SPEECH_RESUMED)

@@ -5,6 +5,7 @@ and waits on an event (a message from the server, a fake seeing a call), never a
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import grpc
 import pytest
@@ -15,7 +16,7 @@ from services.orchestrator.turn import POINTS
 from services.runtime.audio import silence
 from tests.e2e.driver import Predicate, Session, final_transcript, is_kind
 from tests.orchestrator.conftest import Harness
-from tests.orchestrator.fakes import final, speech_event
+from tests.orchestrator.fakes import final, resumed, speculative, speech_event
 
 WAIT = 15.0
 ANSWER = "Paris is the capital of France."
@@ -76,8 +77,8 @@ async def test_typed_turn_streams_the_answer_as_text_and_audio_then_its_record(h
     assert 0 == lat.final_transcript_seconds <= lat.first_token_seconds <= lat.first_audio_seconds
     assert lat.first_audio_seconds <= lat.last_audio_seconds
     assert not lat.interrupted and not lat.degraded_stages
-    # Every hop from the text's arrival; no end of speech to detect for a typed turn.
-    assert_every_hop_in_order(lat, POINTS[1:])
+    # Every hop from the text's arrival; no pause transcript nor end of speech for a typed turn.
+    assert_every_hop_in_order(lat, POINTS[2:])
     await s.close(timeout=WAIT)
     assert s.error is None
 
@@ -108,8 +109,9 @@ async def test_a_final_with_words_becomes_a_turn_timed_from_the_end_of_speech(ha
     assert [r.text for r in llm.requests] == ["What time is it?"]
     # The turn starts when the voice stopped (audio that arrived before the final did).
     assert record.latency.final_transcript_seconds > 0
-    # Every hop, from the STT saying the turn ended to the last audio released.
-    assert_every_hop_in_order(record.latency, POINTS)
+    # Every hop, from the STT saying the turn ended to the last audio released (no pause
+    # transcript came first, so the turn was not answered ahead).
+    assert_every_hop_in_order(record.latency, POINTS[1:])
     assert marks(record.latency)["end_of_turn"] > 0
     await s.close(timeout=WAIT)
     assert s.error is None
@@ -328,3 +330,139 @@ async def test_audio_after_the_stt_comes_back_reaches_it_whole(harness: Harness)
             await stt.audio_arrived.wait()
     assert stt.audio_bytes == 32000
     await s.close(timeout=WAIT)
+
+
+# ----------------------------------------------------------------------------- answering ahead
+async def until(condition: Callable[[], bool], changed: asyncio.Event) -> None:
+    """Waits, within the deadline, until ``condition`` holds; ``changed`` is set when it may."""
+    async with asyncio.timeout(WAIT):
+        while not condition():
+            changed.clear()
+            await changed.wait()
+
+
+async def stt_stream(harness: Harness, s: Session) -> None:
+    """Waits until the session's STT stream is open, with speculative transcripts asked for."""
+    await started(s)
+    async with asyncio.timeout(WAIT):
+        await harness.fakes.stt.connected.wait()
+    assert harness.fakes.stt.configs[-1].speculative_results
+
+
+async def test_a_pause_transcript_is_answered_ahead_and_released_when_the_final_confirms_it(
+    harness: Harness,
+) -> None:
+    """The LLM and TTS start on the transcript of the pause; nothing reaches the client until
+    the final says the same words; then the held answer goes out at once, under the final's
+    turn id, and the exchange is remembered (the speculative Generate remembers nothing)."""
+    stt, llm, tts = harness.fakes.stt, harness.fakes.llm, harness.fakes.tts
+    s = harness.session()
+    await stt_stream(harness, s)
+    stt.send(speech_event(True))
+    stt.send(speculative("What time is it?"))
+    await until(lambda: len(tts.texts) == len(llm.reply), tts.spoke)  # all synthesised ahead...
+    assert not s.of("reply_text") and not s.of("reply_audio") and not s.of("microphone")  # ...and held
+    assert [(r.text, r.speculative) for r in llm.requests] == [("What time is it?", True)]
+    stt.send(speech_event(False))
+    stt.send(final("What time is it?"))
+    record = await s.wait_for(is_kind("latency"), timeout=WAIT)
+    assert len(llm.requests) == 1  # the answer ahead stood: no second call
+    final_msg = next(m for m in s.of("transcript") if m.transcript.is_final)
+    assert record.turn_id == final_msg.turn_id != ""
+    assert [m.reply_text.delta for m in s.of("reply_text")] == list(llm.reply)
+    assert all(m.turn_id == record.turn_id for m in s.of("reply_audio"))
+    at = marks(record.latency)
+    assert at["speculative_transcript"] <= at["first_token"] and at["final_transcript"] <= at["first_audio"]
+    assert [(e.user, e.assistant) for e in llm.exchanges] == [("What time is it?", ANSWER)]
+    await s.close(timeout=WAIT)
+    assert s.error is None
+
+
+async def test_speech_after_the_pause_withdraws_the_answer_ahead_unheard(harness: Harness) -> None:
+    stt, llm = harness.fakes.stt, harness.fakes.llm
+    llm.hold = asyncio.Event()  # the answer ahead stops after its first piece
+    s = harness.session()
+    await stt_stream(harness, s)
+    stt.send(speech_event(True))
+    stt.send(speculative("What time"))
+    await until(lambda: bool(llm.requests), llm.called)
+    stt.send(resumed())  # the speaker goes on: the answer ahead is cancelled
+    async with asyncio.timeout(WAIT):
+        await llm.cancelled.wait()
+    llm.hold.set()
+    stt.send(speech_event(False))
+    stt.send(final("What time is it in Paris?"))
+    record = await s.wait_for(is_kind("latency"), timeout=WAIT)
+    assert [(r.text, r.speculative) for r in llm.requests] == [
+        ("What time", True),
+        ("What time is it in Paris?", False),
+    ]
+    assert record.latency.reply_text == ANSWER  # only the real turn's answer was heard, once
+    assert "".join(m.reply_text.delta for m in s.of("reply_text")) == ANSWER
+    assert not llm.exchanges  # the normal Generate remembers its own exchange
+    await s.close(timeout=WAIT)
+    assert s.error is None
+
+
+async def test_a_final_that_says_more_replaces_the_answer_ahead(harness: Harness) -> None:
+    """The pause ended the utterance but the final, decoded from more audio, has other words:
+    the answer ahead goes unheard and the final is answered."""
+    stt, llm = harness.fakes.stt, harness.fakes.llm
+    s = harness.session()
+    await stt_stream(harness, s)
+    stt.send(speech_event(True))
+    stt.send(speculative("Turn on the"))
+    await until(lambda: bool(llm.requests), llm.called)
+    stt.send(speech_event(False))
+    stt.send(final("Turn on the lights."))
+    record = await s.wait_for(is_kind("latency"), timeout=WAIT)
+    assert [r.text for r in llm.requests] == ["Turn on the", "Turn on the lights."]
+    assert "".join(m.reply_text.delta for m in s.of("reply_text")) == ANSWER == record.latency.reply_text
+    assert len([m for m in s.of("latency")]) == 1
+    await s.close(timeout=WAIT)
+    assert s.error is None
+
+
+async def test_no_answer_ahead_when_the_orchestrator_is_told_not_to(harness: Harness) -> None:
+    harness.app.settings.preemptive_generation = False
+    stt, llm = harness.fakes.stt, harness.fakes.llm
+    s = harness.session()
+    await started(s)
+    async with asyncio.timeout(WAIT):
+        await stt.connected.wait()
+    assert not stt.configs[-1].speculative_results
+    stt.send(speech_event(True))
+    stt.send(speculative("What time is it?"))
+    stt.send(speech_event(False))
+    stt.send(final("What time is it?"))
+    await s.wait_for(is_kind("latency"), timeout=WAIT)
+    assert [(r.text, r.speculative) for r in llm.requests] == [("What time is it?", False)]
+    await s.close(timeout=WAIT)
+
+
+async def test_no_answer_ahead_while_another_session_is_being_answered(harness: Harness) -> None:
+    """The LLM answers one turn at a time: a guess for one session would make another's real
+    turn wait, so none is made while any turn is being answered."""
+    stt, llm = harness.fakes.stt, harness.fakes.llm
+    llm.hold = asyncio.Event()
+    busy = harness.session()
+    await started(busy)
+    busy.send_text("Tell me a long story.")
+    await until(lambda: bool(llm.requests), llm.called)
+    await until(lambda: len(stt.configs) == 1, stt.connected)
+    s = harness.session()
+    await started(s)
+    await until(lambda: len(stt.configs) == 2, stt.connected)  # the second session's stream
+    stt.send(speech_event(True))
+    stt.send(speculative("What time is it?"))
+    stt.send(speech_event(False))
+    stt.send(final("What time is it?"))
+    await s.wait_for(final_transcript, timeout=WAIT)
+    llm.hold.set()
+    await s.wait_for(is_kind("latency"), timeout=WAIT)
+    assert [(r.text, r.speculative) for r in llm.requests] == [
+        ("Tell me a long story.", False),
+        ("What time is it?", False),
+    ]
+    await s.close(timeout=WAIT)
+    await busy.close(timeout=WAIT)

@@ -1,17 +1,26 @@
 """Answer: the turns, one at a time. Each turn runs think (LLM → text) and speak (text → TTS
 → audio) at once, joined by a channel of text, with everything it says going out through its
 ``TurnOutput``. An interrupt (barge-in, or the client's control message) cancels the turn in
-progress and tells the client to stop playing."""
+progress and tells the client to stop playing.
+
+Preemptive answers: when the STT sends the transcript of a pause before deciding whether the
+turn is over, ``speculate`` starts answering it at once with the turn's output held back. The
+final transcript then either confirms it (same words: what was held goes out at once and the
+turn goes on, the LLM's head start kept) or replaces it (the speaker said more: it is
+cancelled, nothing of it was heard); speech resuming withdraws it (``withdraw``)."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 
 import structlog
 
 from parole.orchestrator.v1 import orchestrator_pb2 as pb
 from services.orchestrator.gate import Gatekeeper
+from services.orchestrator.guard import Activity
+from services.orchestrator.metrics import SPECULATIVE_TURNS
 from services.orchestrator.outbox import Outbox
 from services.orchestrator.stages.speak import Speak
 from services.orchestrator.stages.think import Think
@@ -32,6 +41,7 @@ class Answer:
         gate: Gatekeeper,
         output_rate: int,
         log: structlog.stdlib.BoundLogger,
+        activity: Activity | None = None,
     ) -> None:
         self.think = think
         self.speak = speak
@@ -42,15 +52,28 @@ class Answer:
         self.log = log
         self.current: asyncio.Task[None] | None = None
         self.current_turn: Turn | None = None
+        self.activity = activity or Activity()
+        self.ahead: Ahead | None = None
+        """The turn answered ahead on a speculative transcript, waiting for its final."""
 
     async def run(self) -> None:
         """One turn at a time until the queue ends; then the session's stream ends too."""
         try:
             async for turn in self.turns.channel:
-                turn.mark("turn_started", time.monotonic())
-                out = TurnOutput(turn, self.outbox, self.gate)
+                ahead, self.ahead = self.ahead, None
+                # An answer ahead that degraded (the LLM refused a guess while busy, or failed)
+                # is not kept: the final gets a real try.
+                if ahead is not None and not ahead.turn.degraded and same_words(ahead.turn.text, turn.text):
+                    out = ahead.adopt(turn)
+                    turn = out.turn
+                    self.current = ahead.task
+                else:
+                    if ahead is not None:
+                        await ahead.abandon()
+                    turn.mark("turn_started", time.monotonic())
+                    out = TurnOutput(turn, self.outbox, self.gate)
+                    self.current = asyncio.create_task(self.answer(turn, out), name=f"turn-{turn.turn_id}")
                 self.current_turn = turn
-                self.current = asyncio.create_task(self.answer(turn, out), name=f"turn-{turn.turn_id}")
                 # wait() (unlike await) does not raise the turn's own cancellation (a barge-in),
                 # while a cancellation of this loop (the session ending) still propagates.
                 await asyncio.wait({self.current})
@@ -58,12 +81,14 @@ class Answer:
                     self._finished(out, interrupted=True)
                 elif (error := self.current.exception()) is not None:
                     raise error
+                await self.think.remember(turn)
                 self.current, self.current_turn = None, None
         finally:
             # The session ended mid-turn (the client left, a stage failed): the turn goes too.
-            if self.current is not None and not self.current.done():
-                self.current.cancel()
-                await asyncio.wait({self.current})
+            for task in (self.current, self.ahead.task if self.ahead else None):
+                if task is not None and not task.done():
+                    task.cancel()
+                    await asyncio.wait({task})
         # The client closed its side and every queued turn is answered: end the stream.
         self.outbox.close()
 
@@ -71,17 +96,47 @@ class Answer:
         """One turn: think and speak at once, the LLM's text flowing into the TTS stream."""
         turn.out_rate = self.output_rate
         structlog.contextvars.bind_contextvars(turn_id=turn.turn_id)
-        self.log.debug("turn", text=turn.text)
-        # Unbounded: the text of one answer is small, and the LLM must never wait on the TTS
-        # (the client gets the text as it comes even when the speech lags or has failed).
-        speech: Channel[str] = Channel()
-        async with producing(speech, self.think.run(turn, out, speech)):
-            await self.speak.run(out, speech)
+        self.log.debug("turn", text=turn.text, ahead=turn.speculative)
+        self.activity.answering += 1
+        try:
+            # Unbounded: the text of one answer is small, and the LLM must never wait on the
+            # TTS (the client gets the text as it comes even when the speech lags or failed).
+            speech: Channel[str] = Channel()
+            async with producing(speech, self.think.run(turn, out, speech)):
+                await self.speak.run(out, speech)
+        finally:
+            self.activity.answering -= 1
         out.end()
         self._finished(out, interrupted=False)
 
+    def speculate(self, text: str, *, start: float, heard_at: float) -> None:
+        """Starts answering a pause's transcript ahead of its final, its output held back.
+        Only when nothing else is being answered or waits: a turn must never overtake one."""
+        if self.ahead is not None:
+            self.ahead.cancel()
+            self.ahead = None
+        if self.current is not None or self.turns.waiting or self.gate.closed(time.monotonic()):
+            return
+        if self.activity.answering:
+            SPECULATIVE_TURNS.labels("skipped_busy").inc()
+            return
+        turn = Turn("", text, start, heard_at, speculative=True)
+        turn.mark("speculative_transcript", heard_at)
+        turn.mark("turn_started", heard_at)
+        out = TurnOutput(turn, self.outbox, self.gate, held=True)
+        self.ahead = Ahead(out, asyncio.create_task(self.answer(turn, out), name="turn-ahead"))
+        SPECULATIVE_TURNS.labels("started").inc()
+
+    def withdraw(self) -> None:
+        """The speaker went on after the pause: the answer ahead is for words they did not
+        end on. Nothing of it was heard."""
+        if self.ahead is not None:
+            self.ahead.cancel()
+            self.ahead = None
+
     def interrupt(self, reason: str) -> None:
         """Barge-in or interrupt: cancel the answer in progress and tell the client to stop."""
+        self.withdraw()
         turn_id = self.current_turn.turn_id if self.current_turn else self.gate.turn_id
         if self.current is not None and not self.current.done():
             self.current.cancel()
@@ -93,3 +148,47 @@ class Answer:
     def _finished(self, out: TurnOutput, *, interrupted: bool) -> None:
         outcome = out.finish(interrupted=interrupted)
         self.log.info("turn done", outcome=outcome, **{k: round(v, 3) for k, v in out.turn.timing.items()})
+
+
+class Ahead:
+    """A turn answered on a speculative transcript, its output held until the final comes."""
+
+    def __init__(self, out: TurnOutput, task: asyncio.Task[None]) -> None:
+        self.out = out
+        self.task = task
+
+    @property
+    def turn(self) -> Turn:
+        return self.out.turn
+
+    def adopt(self, final: Turn) -> TurnOutput:
+        """The final has the same words: the turn takes the final's id and timing, and what
+        it has said so far is released (the LLM and TTS may be well ahead by now)."""
+        turn = self.out.turn
+        turn.turn_id = final.turn_id
+        turn.final_at = final.final_at
+        for point in ("end_of_turn", "final_transcript"):
+            if point in final.timing:
+                turn.timing[point] = final.timing[point] + final.start - turn.start
+        self.out.confirm()
+        SPECULATIVE_TURNS.labels("confirmed").inc()
+        return self.out
+
+    def cancel(self) -> None:
+        self.out.drop()
+        self.task.cancel()
+        SPECULATIVE_TURNS.labels("withdrawn").inc()
+
+    async def abandon(self) -> None:
+        """The final said something else: the answer ahead goes, unheard."""
+        self.cancel()
+        await asyncio.wait({self.task})
+
+
+def same_words(a: str, b: str) -> bool:
+    """The same words, whatever the case, spacing and punctuation."""
+    return _words(a) == _words(b)
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"\w+", text.lower())

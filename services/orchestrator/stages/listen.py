@@ -13,6 +13,7 @@ import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
+from typing import Protocol
 
 import grpc
 import structlog
@@ -33,6 +34,14 @@ MIC_BUFFER_CHUNKS = 600
 stalls, the session errors instead of buffering without limit."""
 
 
+class Ahead(Protocol):
+    """Who answers ahead on a pause's transcript (the answer stage)."""
+
+    def speculate(self, text: str, *, start: float, heard_at: float) -> None: ...
+
+    def withdraw(self) -> None: ...
+
+
 class Listen:
     """The session's speech recognition: ``feed`` takes microphone audio, ``run`` is the stage."""
 
@@ -45,6 +54,7 @@ class Listen:
         turns: TurnQueue,
         barge_in: Callable[[], None] | None,
         interim_results: bool,
+        ahead: Ahead | None = None,
         reconnect_max: float,
         log: structlog.stdlib.BoundLogger,
     ) -> None:
@@ -54,6 +64,7 @@ class Listen:
         self.turns = turns
         self.barge_in = barge_in
         self.interim_results = interim_results
+        self.ahead = ahead
         self.reconnect_max = reconnect_max
         self.log = log
         self.mic: Channel[bytes] = Channel(MIC_BUFFER_CHUNKS)
@@ -147,6 +158,21 @@ class Listen:
         elif resp.speech_event == stt_pb2.SPEECH_EVENT_TYPE_SPEECH_ENDED:
             self.ended_at.append(time.monotonic())
             self.outbox.emit(speech=pb.SpeechActivity(started=False))
+        elif resp.speech_event == stt_pb2.SPEECH_EVENT_TYPE_SPEECH_RESUMED:
+            if self.ahead is not None:
+                self.ahead.withdraw()
+        elif resp.HasField("result") and resp.result.speculative:
+            r = resp.result
+            if self.ahead is not None and re.search(r"\w", r.transcript):
+                now = time.monotonic()
+                spoke_until = self.clock.wall_at(r.end_seconds) or now
+                self.ahead.speculate(r.transcript.strip(), start=min(spoke_until, now), heard_at=now)
+            if self.interim_results:  # for the client it is one more interim transcript
+                self.outbox.emit(
+                    transcript=pb.Transcript(
+                        text=r.transcript, is_final=False, language=r.language, confidence=r.confidence
+                    )
+                )
         elif resp.HasField("result"):
             r = resp.result
             ended_at = self.ended_at.popleft() if r.is_final and self.ended_at else None
@@ -175,6 +201,7 @@ def recognition_config(
     interim_results: bool,
     end_of_speech_silence_ms: int,
     endpointing: stt_pb2.EndpointingMode.ValueType = stt_pb2.ENDPOINTING_MODE_UNSPECIFIED,
+    speculative_results: bool = False,
 ) -> stt_pb2.RecognitionConfig:
     """The STT stream's config for a session."""
     return stt_pb2.RecognitionConfig(
@@ -185,4 +212,5 @@ def recognition_config(
         interim_results=interim_results,
         end_of_speech_silence_ms=end_of_speech_silence_ms,
         endpointing=endpointing,
+        speculative_results=speculative_results,
     )

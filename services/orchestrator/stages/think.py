@@ -8,12 +8,20 @@ from __future__ import annotations
 import functools
 import time
 
+import grpc
+
 from parole.llm.v1 import llm_pb2, llm_pb2_grpc
 from parole.orchestrator.v1 import orchestrator_pb2 as pb
 from services.orchestrator.guard import canned_reply, guarded
 from services.orchestrator.turn import Turn, TurnOutput
+from services.runtime.logging import get_logger
 from services.runtime.resilience import Breakers
 from services.runtime.streams import Channel
+
+log = get_logger(__name__)
+
+REMEMBER_TIMEOUT = 5.0
+"""Seconds for the LLM service to record an exchange (a dictionary update)."""
 
 
 class Think:
@@ -56,6 +64,9 @@ class Think:
             session_id=self.session_id,
             text=turn.text,
             options=llm_pb2.GenerationOptions(language=self.language, system_prompt=self.persona),
+            # Answering a pause's transcript: the LLM must not remember an exchange the
+            # speaker may yet make wrong by going on (``remember`` records it once it stands).
+            speculative=turn.speculative,
         )
         turn.mark("llm_request", time.monotonic())
         async for r in self.llm.Generate(request, timeout=self.timeout):
@@ -66,6 +77,22 @@ class Think:
                 # The LLM service's own last resort answered (its canned reply): it is spoken
                 # like any answer, but the client learns no model did.
                 out.degraded(pb.STAGE_LLM, "no language model answered; a fallback reply was given", code="UNAVAILABLE")
+            elif kind == "summary":
+                turn.answered = True
+
+    async def remember(self, turn: Turn) -> None:
+        """Records a confirmed speculative turn's exchange in the session's history, as the
+        LLM service does itself for a normal turn (only a complete answer is remembered). A
+        failure costs the conversation this one exchange of context, not the turn: logged."""
+        if not (turn.speculative and turn.answered):
+            return
+        request = llm_pb2.AddExchangeRequest(
+            session_id=self.session_id, user=turn.text, assistant="".join(turn.reply), language=self.language
+        )
+        try:
+            await self.llm.AddExchange(request, timeout=REMEMBER_TIMEOUT)
+        except grpc.aio.AioRpcError as err:
+            log.warning("the answered exchange could not be remembered", code=err.code().name, error=err.details())
 
     @staticmethod
     def _said(turn: Turn, out: TurnOutput, speech: Channel[str], text: str) -> None:

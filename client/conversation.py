@@ -295,6 +295,11 @@ class Conversation:
         """Asks the server to stop the current answer (push-to-talk)."""
         self._send(Request(control=orchestrator_pb2.Control(interrupt=True)))
 
+    def end_of_turn(self) -> None:
+        """Tells the server the user has finished speaking (push-to-talk released): the
+        utterance in progress ends now instead of after the server's silence."""
+        self._send(Request(control=orchestrator_pb2.Control(end_of_turn=True)))
+
     @property
     def ended(self) -> bool:
         """True once the session is over: the server closed the stream, or it broke."""

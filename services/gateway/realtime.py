@@ -28,7 +28,7 @@ from client.conversation import Conversation, ConversationError, SessionOptions
 from parole.orchestrator.v1 import orchestrator_pb2 as pb
 from services.gateway.errors import ApiError, bad_request
 from services.gateway.metrics import REALTIME_ERRORS, REALTIME_EVENTS, REALTIME_RELAY_SECONDS, REALTIME_SESSIONS
-from services.runtime.audio import PCM16_WIDTH, SPEECH_RATE, chunks, resample_pcm16, silence
+from services.runtime.audio import PCM16_WIDTH, SPEECH_RATE, chunks, resample_pcm16
 from services.runtime.channel import open_channel
 from services.runtime.logging import get_logger
 
@@ -552,9 +552,8 @@ class RealtimeSession:
                 code="input_audio_buffer_commit_empty",
             )
         self._uncommitted_ms = 0.0
-        # The fleet ends an utterance on silence: the commit is that silence, a little longer
-        # than the endpointer waits for.
-        pad = silence(((self.state.silence_ms() or 300) + 300) / 1000, SPEECH_RATE)
+        # The commit is the user saying they have finished: the fleet ends the utterance now
+        # (Control.end_of_turn), without waiting for its endpointing to judge a silence.
         if self.state.manual:
             item = _id("item")
             await self.send(
@@ -563,9 +562,8 @@ class RealtimeSession:
             await self._user_item_added(item, audio=True)
             self._transcribing.append(item)
             audio, self._buffer = bytes(self._buffer), bytearray()
-            await self._send_audio(audio + pad)
-        else:
-            await self._send_audio(pad)
+            await self._send_audio(audio)
+        (await self._converse()).end_of_turn()
         self._expect_turn += 1
 
     async def _user_item_added(self, item: str, *, audio: bool, text: str = "") -> None:

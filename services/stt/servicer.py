@@ -17,8 +17,10 @@ from services.stt.config import SttSettings
 from services.stt.engine import DecodeOptions, Transcript
 from services.stt.recognizer import AUDIO_SECONDS, Recognizer
 from services.stt.streaming import (
+    END_UTTERANCE,
     EndOfTurn,
     EndpointingMode,
+    EndUtterance,
     SessionEvent,
     SpeechEvent,
     StreamConfig,
@@ -41,6 +43,7 @@ END_REASON = {
     "silence": stt_pb2.END_OF_TURN_REASON_SILENCE,
     "max_length": stt_pb2.END_OF_TURN_REASON_MAX_LENGTH,
     "end_of_stream": stt_pb2.END_OF_TURN_REASON_END_OF_STREAM,
+    "client": stt_pb2.END_OF_TURN_REASON_CLIENT,
 }
 
 
@@ -179,7 +182,7 @@ class SttServicer(stt_pb2_grpc.SttServiceServicer):
     @staticmethod
     async def _audio(
         requests: AsyncIterator[stt_pb2.StreamingRecognizeRequest], converter: AudioConverter
-    ) -> AsyncIterator[FloatAudio]:
+    ) -> AsyncIterator[FloatAudio | EndUtterance]:
         counter = AUDIO_SECONDS.labels("streaming")
         async for request in requests:
             which = request.WhichOneof("request")
@@ -187,6 +190,9 @@ class SttServicer(stt_pb2_grpc.SttServiceServicer):
                 raise FailedPrecondition(
                     "config may only be sent once, as the first message", fields={"request": "second config"}
                 )
+            if which == "end_utterance":
+                yield END_UTTERANCE
+                continue
             if which is None or not request.audio:
                 continue
             audio = converter.convert(request.audio)

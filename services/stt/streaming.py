@@ -37,7 +37,7 @@ WINDOW = 512
 VadModel = Callable[[FloatAudio], float]
 """Speech probability of the next 512-sample window of a stream (stateful)."""
 
-EndReason = Literal["silence", "complete", "max_silence", "max_length", "end_of_stream"]
+EndReason = Literal["silence", "complete", "max_silence", "max_length", "end_of_stream", "client"]
 """silence: the silence-only rule (end_of_speech_silence_ms). complete: the end-of-turn model
 judged the turn finished. max_silence: it judged it unfinished, but the silence reached the
 longest allowed pause. max_length: the utterance cap. end_of_stream: the client closed."""
@@ -288,9 +288,9 @@ class Endpointer:
             events += self._window(self._queue.popleft())
         return events
 
-    def flush(self) -> list[EndpointEvent]:
-        """End of stream: an utterance in progress ends here. Audio still waiting for an
-        answer is judged without it."""
+    def flush(self, reason: Literal["end_of_stream", "client"] = "end_of_stream") -> list[EndpointEvent]:
+        """End of stream, or the client saying the utterance is over: an utterance in progress
+        ends here. Audio still waiting for an answer is judged without it."""
         events: list[EndpointEvent] = []
         if self._check is not None and not self._check.answered:
             self._check = None
@@ -303,7 +303,7 @@ class Endpointer:
         if self._residue.size and self._silence == 0:
             self._utt.append(self._residue)
         self._residue = np.zeros(0, dtype=np.float32)
-        return [*events, self._end("end_of_stream", keep_all=self._silence == 0)]
+        return [*events, self._end(reason, keep_all=self._silence == 0)]
 
     def _window(self, w: FloatAudio) -> list[EndpointEvent]:
         prob = self._vad(w)
@@ -453,7 +453,8 @@ class Endpointer:
         self._pre.clear()
         for w in tail[-self.pre_roll_windows :] if self.pre_roll_windows else []:
             self._pre.append(w)
-        voice_end = min(end, start + self._voiced_windows * WINDOW) if reason in _SILENT_ENDS else end
+        silent = reason in _SILENT_ENDS or (reason == "client" and self._silence > 0)
+        voice_end = min(end, start + self._voiced_windows * WINDOW) if silent else end
         event = SpeechEnded(
             self.utterances,
             audio,
@@ -477,6 +478,13 @@ class Endpointer:
 
 
 # ----------------------------------------------------------------------------- session
+
+
+class EndUtterance:
+    """In a session's input, between audio chunks: the client says the utterance is over."""
+
+
+END_UTTERANCE = EndUtterance()
 
 
 @dataclass(frozen=True)
@@ -612,7 +620,7 @@ class StreamSession:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def run(self, audio: AsyncIterator[FloatAudio]) -> AsyncIterator[SessionEvent]:
+    async def run(self, audio: AsyncIterator[FloatAudio | EndUtterance]) -> AsyncIterator[SessionEvent]:
         """Yields events as they happen; ends after the last final (or the first, with
         single_utterance). Errors of the input or of a final decode are raised here."""
         reader = self._spawn(self._read(audio))
@@ -637,19 +645,17 @@ class StreamSession:
                 with contextlib.suppress(BaseException):
                     await t
 
-    async def _read(self, audio: AsyncIterator[FloatAudio]) -> None:
+    async def _read(self, audio: AsyncIterator[FloatAudio | EndUtterance]) -> None:
         try:
             async for chunk in audio:
+                if isinstance(chunk, EndUtterance):
+                    await self._flush("client")
+                    continue
                 self._received += chunk.size
                 for event in self.endpointer.feed(chunk):
                     self._on_endpoint(event)
                 self._maybe_interim()
-            # Audio waiting for an end-of-turn answer is judged with it, as a live stream
-            # would be: closing the stream right after the audio must not change the result.
-            while self.endpointer.waiting and self._judging is not None and not self._judging.done():
-                await self._judging
-            for event in self.endpointer.flush():
-                self._on_endpoint(event)
+            await self._flush("end_of_stream")
             if self._last_final is not None:
                 await self._last_final
             self._out.put_nowait(_DONE)
@@ -657,6 +663,15 @@ class StreamSession:
             raise
         except Exception as exc:  # noqa: BLE001 - handed to the consumer, which raises it to the client
             self._out.put_nowait(exc)
+
+    async def _flush(self, reason: Literal["end_of_stream", "client"]) -> None:
+        """Ends the utterance in progress. Audio waiting for an end-of-turn answer is judged
+        with it first, as a live stream would be: ending right after the audio must not
+        change the result."""
+        while self.endpointer.waiting and self._judging is not None and not self._judging.done():
+            await self._judging
+        for event in self.endpointer.flush(reason):
+            self._on_endpoint(event)
 
     def _on_endpoint(self, event: EndpointEvent) -> None:
         if isinstance(event, SpeechStarted):

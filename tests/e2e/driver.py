@@ -71,6 +71,9 @@ class Session:
     def interrupt(self) -> None:
         self._out.put_nowait(pb.ConverseRequest(control=pb.Control(interrupt=True)))
 
+    def end_of_turn(self) -> None:
+        self._out.put_nowait(pb.ConverseRequest(control=pb.Control(end_of_turn=True)))
+
     async def wait_for(self, pred: Predicate, timeout: float = 60.0, start: int = 0) -> pb.ConverseResponse:
         """The first event (from index ``start``) matching ``pred``."""
         deadline = time.monotonic() + timeout

@@ -34,6 +34,8 @@ class FakeStt(stt_pb2_grpc.SttServiceServicer):
         self.attempted = asyncio.Event()
         self.audio_bytes = 0
         self.audio_arrived = asyncio.Event()
+        self.ends_at: list[int] = []
+        """For each end_utterance received: the audio bytes received before it."""
         self.connected = asyncio.Event()
         self._live: Channel[stt_pb2.StreamingRecognizeResponse] | None = None
 
@@ -61,6 +63,8 @@ class FakeStt(stt_pb2_grpc.SttServiceServicer):
 
     async def _read(self, requests: AsyncIterator[stt_pb2.StreamingRecognizeRequest]) -> None:
         async for request in requests:
+            if request.WhichOneof("request") == "end_utterance":
+                self.ends_at.append(self.audio_bytes)
             self.audio_bytes += len(request.audio)
             self.audio_arrived.set()
 

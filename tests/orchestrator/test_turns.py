@@ -466,3 +466,22 @@ async def test_no_answer_ahead_while_another_session_is_being_answered(harness: 
     ]
     await s.close(timeout=WAIT)
     await busy.close(timeout=WAIT)
+
+
+async def test_the_client_ends_the_utterance_in_its_place_among_the_audio(harness: Harness) -> None:
+    """Control.end_of_turn reaches the STT stream as end_utterance, after the audio sent
+    before it; an empty Control is refused, naming what it may ask."""
+    stt = harness.fakes.stt
+    s = harness.session()
+    await started(s)
+    async with asyncio.timeout(WAIT):
+        await stt.connected.wait()
+    await s.send_audio(silence(0.5), realtime=False)
+    s.end_of_turn()
+    await until(lambda: bool(stt.ends_at), stt.audio_arrived)
+    assert stt.ends_at == [16000]  # all of the half second first
+    s._out.put_nowait(pb.ConverseRequest(control=pb.Control()))
+    async with asyncio.timeout(WAIT):
+        await s.done.wait()
+    assert s.error is not None and s.error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "end_of_turn" in (s.error.details() or "")

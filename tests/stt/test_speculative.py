@@ -1,5 +1,6 @@
-"""Speculative results: a pause's transcript sent before the end of the turn is decided, and
-withdrawn with SPEECH_RESUMED when the speaker goes on (the orchestrator answers early on it)."""
+"""What a stream's client may ask beyond transcripts: speculative results (a pause's transcript
+sent before the end of the turn is decided, withdrawn with SPEECH_RESUMED when the speaker goes
+on; the orchestrator answers early on it), and ending an utterance itself."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import time
 from client.demo import DEMO_DIR
 from parole.stt.v1 import stt_pb2
 from services.runtime.audio import read_wav, silence
-from tests.stt.conftest import Served, config, normalise, paced_requests
+from tests.stt.conftest import Served, collect, config, normalise, paced_requests, stream_requests
 
 SILENCE = stt_pb2.ENDPOINTING_MODE_SILENCE
 
@@ -63,3 +64,22 @@ async def test_no_speculative_results_unless_asked(stt: Served) -> None:
     assert not any(r.result.speculative for r in responses)
     assert not any(r.speech_event == stt_pb2.SPEECH_EVENT_TYPE_SPEECH_RESUMED for r in responses)
     assert [r.result.is_final for r in responses if r.HasField("result")] == [True]
+
+
+async def test_the_client_can_end_an_utterance_at_once(stt: Served) -> None:
+    """end_utterance ends the utterance in progress without waiting for any silence (a
+    push-to-talk release, a Realtime commit); the stream goes on to hear the next one."""
+    one, two = read_wav(DEMO_DIR / "en-capital-france.wav"), read_wav(DEMO_DIR / "en-two-plus-three.wav")
+    end = stt_pb2.StreamingRecognizeRequest(end_utterance=stt_pb2.EndUtterance())
+    requests = [
+        *stream_requests(config(language="en"), silence(0.3) + one.data),
+        end,
+        end,  # between utterances: nothing to end
+        *stream_requests(None, silence(0.3) + two.data),
+        end,
+    ]
+    responses = await collect(stt.stub, requests)
+    finals = [r.result for r in responses if r.result.is_final]
+    assert [f.end_of_turn.reason for f in finals] == [stt_pb2.END_OF_TURN_REASON_CLIENT] * 2
+    assert {"capital", "france"} <= set(normalise(finals[0].transcript))
+    assert {"plus"} <= set(normalise(finals[1].transcript))

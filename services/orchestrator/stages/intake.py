@@ -1,6 +1,7 @@
 """Intake: the client's messages. Microphone audio goes through the gate to listen (or is
 dropped while the answer plays), playback reports go to the gate, an interrupt cuts the
-answer, and typed text becomes a turn as if it had been spoken."""
+answer, an end of turn ends the utterance in progress at once, and typed text becomes a turn
+as if it had been spoken."""
 
 from __future__ import annotations
 
@@ -47,8 +48,7 @@ class Intake:
             elif kind == "playback":
                 self.playback(req.playback)
             elif kind == "control":
-                if req.control.interrupt:
-                    self.interrupt("interrupt")
+                self.control(req.control)
             elif kind == "text":
                 self.text(req.text)
             elif kind == "config":
@@ -68,6 +68,17 @@ class Intake:
             GATED_AUDIO.inc(seconds)  # the client was told the microphone is gated
             return
         self.listen.feed(data, seconds, now)
+
+    def control(self, control: pb.Control) -> None:
+        if not (control.interrupt or control.end_of_turn):
+            raise InvalidArgument(
+                "empty Control: set interrupt (stop the answer) or end_of_turn (the user has finished)",
+                fields={"control": "nothing asked"},
+            )
+        if control.interrupt:
+            self.interrupt("interrupt")
+        if control.end_of_turn:
+            self.listen.end_utterance()
 
     def playback(self, event: pb.PlaybackEvent) -> None:
         if event.type == pb.PLAYBACK_EVENT_TYPE_FINISHED:

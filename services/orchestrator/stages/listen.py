@@ -67,7 +67,8 @@ class Listen:
         self.ahead = ahead
         self.reconnect_max = reconnect_max
         self.log = log
-        self.mic: Channel[bytes] = Channel(MIC_BUFFER_CHUNKS)
+        # Audio, and the client's end-of-utterance marks in their place among it.
+        self.mic: Channel[bytes | None] = Channel(MIC_BUFFER_CHUNKS)
         self.clock = AudioClock()
         # When each SPEECH_ENDED arrived whose final has not yet: the STT sends an utterance's
         # end before decoding its final, and its finals in order.
@@ -88,6 +89,17 @@ class Listen:
             raise FailedPrecondition(
                 "speech recognition is not keeping up (60 s of audio queued); the session is ended to bound memory"
             ) from None
+
+    def end_utterance(self) -> None:
+        """The client says the user has finished (push-to-talk released, a Realtime commit):
+        the STT ends the utterance in progress after the audio sent before this."""
+        if self.connected:
+            try:
+                self.mic.send_nowait(None)
+            except ChannelFull:
+                raise FailedPrecondition(
+                    "speech recognition is not keeping up (60 s of audio queued); the session is ended to bound memory"
+                ) from None
 
     def finish(self) -> None:
         """The client closed its side: STT flushes its last final, then the stream ends."""
@@ -131,7 +143,7 @@ class Listen:
             await asyncio.sleep(self._retry_delay)
             self._retry_delay = min(self._retry_delay * 2, self.reconnect_max)
 
-    async def _recognize(self, audio: Channel[bytes]) -> None:
+    async def _recognize(self, audio: Channel[bytes | None]) -> None:
         """One STT stream, until it ends (the client is done) or fails."""
         call = self.stt.StreamingRecognize(self._requests(audio))
         await call.wait_for_connection()
@@ -144,10 +156,13 @@ class Listen:
                 self.log.info("speech recognition is back")
             self.heard(resp)
 
-    async def _requests(self, audio: Channel[bytes]) -> AsyncIterator[stt_pb2.StreamingRecognizeRequest]:
+    async def _requests(self, audio: Channel[bytes | None]) -> AsyncIterator[stt_pb2.StreamingRecognizeRequest]:
         yield stt_pb2.StreamingRecognizeRequest(config=self.config)
         async for chunk in audio:
-            yield stt_pb2.StreamingRecognizeRequest(audio=chunk)
+            if chunk is None:
+                yield stt_pb2.StreamingRecognizeRequest(end_utterance=stt_pb2.EndUtterance())
+            else:
+                yield stt_pb2.StreamingRecognizeRequest(audio=chunk)
 
     def heard(self, resp: stt_pb2.StreamingRecognizeResponse) -> None:
         """One message of the STT stream: speech started or ended, or a transcript."""

@@ -649,18 +649,22 @@ def _sentence_ends(text: str, language: str) -> list[int]:
 # Words a phrase can be cut before without breaking a unit of meaning: verbs "to be",
 # conjunctions, relative pronouns and prepositions start the next phrase ("The capital of
 # France | is Paris", "La capitale de l'Espagne | est Madrid").
+# fmt: off
 _JOINING_WORDS = {
-    "en": frozenset(
-        "is are was were will would can could should has have had and but or so because which that who "
-        "whose where when while if as than of in on at for to with from by about into over after before "
-        "since until during".split()
-    ),
-    "fr": frozenset(
-        "est sont était étaient sera serait a ont avait et mais ou donc car qui que qu dont où quand si "
-        "comme de du des à au aux en dans sur sous pour par avec sans chez vers entre pendant depuis "
-        "avant après".split()
-    ),
+    "en": frozenset({
+        "is", "are", "was", "were", "will", "would", "can", "could", "should", "has", "have",
+        "had", "and", "but", "or", "so", "because", "which", "that", "who", "whose", "where",
+        "when", "while", "if", "as", "than", "of", "in", "on", "at", "for", "to", "with",
+        "from", "by", "about", "into", "over", "after", "before", "since", "until", "during",
+    }),
+    "fr": frozenset({
+        "est", "sont", "était", "étaient", "sera", "serait", "a", "ont", "avait", "et", "mais",
+        "ou", "donc", "car", "qui", "que", "qu", "dont", "où", "quand", "si", "comme", "de",
+        "du", "des", "à", "au", "aux", "en", "dans", "sur", "sous", "pour", "par", "avec",
+        "sans", "chez", "vers", "entre", "pendant", "depuis", "avant", "après",
+    }),
 }
+# fmt: on
 
 
 def first_chunk_cut(text: str, language: str, policy: SplitPolicy) -> int | None:

@@ -57,6 +57,11 @@ class EchoServicer(llm_pb2_grpc.LlmServiceServicer):
     ) -> llm_pb2.GetSessionResponse:
         raise NotFound(f"no session {request.session_id!r}: the echo service keeps none")
 
+    async def AddExchange(
+        self, request: llm_pb2.AddExchangeRequest, context: grpc.aio.ServicerContext
+    ) -> llm_pb2.AddExchangeResponse:
+        raise NotFound(f"no session {request.session_id!r}: the echo service keeps none")
+
     async def ListModels(
         self, request: llm_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> llm_pb2.ListModelsResponse:

@@ -1,6 +1,6 @@
 """End-to-end benchmark: time to first audio, streamed versus the original sequential design.
 
-``python -m bench.e2e [--rounds N] [--out reports/bench_e2e.json]``
+``python -m bench.e2e [--rounds N] [--ablation-rounds N] [--configs ...] [--out reports/bench_e2e.json]``
 
 The fleet runs as it would in production (four processes started by ``services.fleet``, CPU,
 offline defaults). For each spoken question (the bundled demo questions, plus the real
@@ -17,6 +17,13 @@ recordings in ../shared/speech when present), streamed at real-time pace:
 
 The ratio sequential/streamed and the distance above the floor are reported per question and
 as medians. Every number comes from the same run.
+
+**Ablation**: the same questions through fleets that differ by one setting each (``CONFIGS``):
+every latency lever on (the defaults), each lever off on its own, all of them off (the settings
+before the latency work), and a smaller LLM. Each row gives time to first audio p50/p95 overall
+and per language, the orchestrator's own breakdown, and the word error rate of what the
+orchestrator heard against the questions' reference text. Fleets run one after another, never
+two at once, so each has the machine to itself.
 """
 
 from __future__ import annotations
@@ -25,12 +32,14 @@ import argparse
 import asyncio
 import csv
 import json
+import math
 import os
 import platform
 import re
 import statistics
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -45,27 +54,50 @@ from parole.orchestrator.v1 import orchestrator_pb2_grpc
 from parole.stt.v1 import stt_pb2, stt_pb2_grpc
 from parole.tts.v1 import tts_pb2, tts_pb2_grpc
 from services.fleet import Fleet
+from services.models.store import ModelError, ModelStore
 from services.runtime.audio import Pcm, chunks, read_wav, resample_pcm16, silence
+from services.runtime.config import default_model_dir
+from services.stt.config import StreamingSettings
+from services.tts.text import IncrementalSplitter, SplitPolicy
+from tests.stt.conftest import normalise, word_error_rate
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "client" / "demo"
 SHARED = REPO.parent / "shared" / "speech"
 SILENCE_MS = 300
+MAX_SILENCE_CHUNKS = 150
+"""After the question, up to 15 s of silence until the turn ends: a live microphone goes on."""
 PCM = audio_pb2.AUDIO_ENCODING_PCM_S16LE
 
 
-def questions() -> list[tuple[str, str, Pcm]]:
-    """(name, language, 16 kHz audio) of the bundled questions and the real recordings."""
+@dataclass(frozen=True)
+class Question:
+    """A spoken question: its name, language, reference text and 16 kHz audio."""
+
+    name: str
+    language: str
+    text: str
+    pcm: Pcm
+
+
+def questions() -> list[Question]:
+    """The bundled questions and the real recordings (short ones: long ones are speeches)."""
     out = []
-    for manifest, folder in ((DEMO / "questions.tsv", DEMO), (SHARED / "manifest.tsv", SHARED)):
+    turns = SHARED / "turns"
+    for manifest, folder in (
+        (DEMO / "questions.tsv", DEMO),
+        (SHARED / "manifest.tsv", SHARED),
+        (turns / "manifest.tsv", turns),
+    ):
         if not manifest.is_file():
             continue
         with manifest.open() as f:
             for row in csv.DictReader(f, delimiter="\t"):
-                if float(row.get("duration_s") or 0) > 6:
-                    continue  # long recordings are speeches, not questions
+                if float(row.get("duration_s") or 0) > 6 or row.get("kind", "complete") != "complete":
+                    continue  # long recordings are speeches; paused ones test turn-taking (bench.stt)
                 pcm = read_wav(folder / row["file"])
-                out.append((row["file"], row["language"], Pcm(resample_pcm16(pcm.data, pcm.sample_rate, 16000), 16000)))
+                audio = Pcm(resample_pcm16(pcm.data, pcm.sample_rate, 16000), 16000)
+                out.append(Question(row["file"], row["language"], row.get("text") or row["transcript"], audio))
     return out
 
 
@@ -86,7 +118,8 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def streamed_turn(stub: Any, language: str, pcm: Pcm) -> dict[str, Any]:
-    """One spoken turn through the orchestrator, timed at the client."""
+    """One spoken turn through the orchestrator, timed at the client. After the question the
+    microphone keeps sending silence, as a live one would, until the turn's latency report."""
     out: asyncio.Queue[opb.ConverseRequest | None] = asyncio.Queue()
     fmt = audio_pb2.AudioFormat(sample_rate_hz=16000, encoding=PCM)
     out.put_nowait(
@@ -116,28 +149,33 @@ async def streamed_turn(stub: Any, language: str, pcm: Pcm) -> dict[str, Any]:
                 # keeps timer drift out of the measurement.
                 ended = time.monotonic() - (position - spoken)
             await asyncio.sleep(len(c) / 32000)
-        for c in chunks(silence(1.5), 16000):
-            out.put_nowait(opb.ConverseRequest(audio=c))
-            await asyncio.sleep(len(c) / 32000)
+        tail = chunks(silence(0.1), 16000)[0]
+        for _ in range(MAX_SILENCE_CHUNKS):
+            out.put_nowait(opb.ConverseRequest(audio=tail))
+            await asyncio.sleep(len(tail) / 32000)
 
     sender = asyncio.create_task(send())
     first_audio = None
-    transcript, latency = "", None
-    async for msg in call:
-        kind = msg.WhichOneof("event")
-        if kind == "reply_audio" and msg.reply_audio.audio and first_audio is None:
-            first_audio = time.monotonic()
-        elif kind == "transcript" and msg.transcript.is_final:
-            transcript = msg.transcript.text
-        elif kind == "latency":
-            latency = msg.latency
-            break
-    await sender
-    out.put_nowait(None)
-    call.cancel()
+    finals: list[str] = []
+    latency = None
+    try:
+        async for msg in call:
+            kind = msg.WhichOneof("event")
+            if kind == "reply_audio" and msg.reply_audio.audio and first_audio is None:
+                first_audio = time.monotonic()
+            elif kind == "transcript" and msg.transcript.is_final:
+                finals.append(msg.transcript.text)
+            elif kind == "latency":
+                latency = msg.latency
+                break
+    finally:
+        sender.cancel()
+        out.put_nowait(None)
+        call.cancel()
     assert latency is not None and first_audio is not None, "the turn produced no audio"
     return {
-        "transcript": transcript,
+        "transcript": " ".join(finals),
+        "finals": len(finals),
         "reply": latency.reply_text,
         "time_to_first_audio_s": first_audio - ended,
         "server": {
@@ -145,6 +183,7 @@ async def streamed_turn(stub: Any, language: str, pcm: Pcm) -> dict[str, Any]:
             "first_token_s": latency.first_token_seconds,
             "first_audio_s": latency.first_audio_seconds,
             "last_audio_s": latency.last_audio_seconds,
+            **{m.point: m.seconds for m in getattr(latency, "marks", ())},
         },
     }
 
@@ -172,6 +211,7 @@ async def sequential_turn(stt: Any, llm: Any, tts: Any, language: str, pcm: Pcm)
     t_tts = time.monotonic()
     stages = {"stt_s": t_stt - t0, "llm_s": t_llm - t_stt, "tts_s": t_tts - t_llm}
     return {
+        # The original's end of turn: a fixed silence, then the whole chain one after another.
         "time_to_first_audio_s": SILENCE_MS / 1000 + sum(stages.values()),
         **stages,
         "transcript": rec.result.transcript,
@@ -179,15 +219,24 @@ async def sequential_turn(stt: Any, llm: Any, tts: Any, language: str, pcm: Pcm)
     }
 
 
-def first_clause(text: str) -> str:
-    m = re.match(r"(.+?[.!?;:,])(\s|$)", text.strip())
-    return m.group(1) if m else text.strip()
+def first_piece(reply: str, language: str) -> str:
+    """The first piece of ``reply`` the TTS speaks on its own, cut as its incremental splitter
+    cuts an answer arriving token by token."""
+    splitter = IncrementalSplitter(language, SplitPolicy())
+    for word in re.findall(r"\S+\s*", reply):
+        pieces = splitter.feed(word)
+        if pieces:
+            return pieces[0].strip()
+    return splitter.flush().strip()
 
 
 async def floor(
     stt: Any, llm: Any, tts: Any, language: str, pcm: Pcm, transcript: str, reply: str, round_index: int
 ) -> dict[str, float]:
-    """Each stage alone, once, for this turn (the caller keeps the best of several rounds)."""
+    """Each stage alone, once, for this turn (the caller keeps the best of several rounds):
+    the pause at which the STT starts decoding, the decode (or the end-of-turn silence, if
+    longer), the LLM until the first piece the TTS speaks has been generated, and the TTS
+    until that piece's first audio. Nothing streamed can beat their sum on this machine."""
     fmt = audio_pb2.AudioFormat(sample_rate_hz=16000, encoding=PCM)
     # A little silence makes each request's audio differ, should a result cache be on.
     audio = pcm.data + silence(0.01 * (round_index + 1))
@@ -196,84 +245,167 @@ async def floor(
         stt_pb2.RecognizeRequest(config=stt_pb2.RecognitionConfig(language=language, audio_format=fmt), audio=audio)
     )
     decode = time.monotonic() - t
+    piece = first_piece(reply, language)
     t = time.monotonic()
-    ttft = float("nan")
+    first_token, first_piece_at = float("nan"), float("nan")
+    text = ""
     call = llm.Generate(
         llm_pb2.GenerateRequest(
             session_id=f"bench-{uuid.uuid4().hex[:12]}",
             text=transcript,
-            options=llm_pb2.GenerationOptions(language=language, max_tokens=1),
+            options=llm_pb2.GenerationOptions(language=language, max_tokens=24, temperature=0.0),
         )
     )
     async for r in call:
         if r.WhichOneof("response") == "delta":
-            ttft = time.monotonic() - t
-            call.cancel()
-            break
+            if math.isnan(first_token):
+                first_token = time.monotonic() - t
+            text += r.delta
+            if len(text.split()) > len(piece.split()):  # the piece is complete once a word follows it
+                first_piece_at = time.monotonic() - t
+                call.cancel()
+                break
     t = time.monotonic()
     tts_first = float("nan")
     async for _ in tts.SynthesizeStream(
-        tts_pb2.SynthesizeStreamRequest(text=first_clause(reply), config=tts_pb2.SynthesisConfig(language=language))
+        tts_pb2.SynthesizeStreamRequest(text=piece, config=tts_pb2.SynthesisConfig(language=language))
     ):
         tts_first = time.monotonic() - t
         break
+    streaming = StreamingSettings()
+    pause = streaming.speculative_pause_ms / 1000
+    end_of_turn = streaming.turn.complete_silence_ms / 1000
     parts = {
-        "endpoint_silence_s": SILENCE_MS / 1000,
+        "speculative_pause_s": pause,
         "stt_decode_s": decode,
-        "llm_first_token_s": ttft,
+        "end_of_turn_wait_s": max(0.0, end_of_turn - pause - decode),
+        "llm_first_token_s": first_token,
+        "llm_first_piece_rest_s": first_piece_at - first_token,
         "tts_first_audio_s": tts_first,
     }
     return {**parts, "floor_s": sum(parts.values())}
 
 
-def fleet() -> Fleet:
-    """The production fleet with result caches off: repeated questions must cost what new
-    ones do, or the comparison measures the caches."""
-    env = {
-        "stt": {"STT_CACHE_MAX_BYTES": "0"},
-        "llm": {"LLM_BACKENDS": '["llamacpp","canned"]'},
-        "tts": {"TTS_CACHE_BYTES": "0"},
-    }
+CACHES_OFF = {
+    "stt": {"STT_CACHE_MAX_BYTES": "0"},
+    "llm": {"LLM_BACKENDS": '["llamacpp","canned"]'},
+    "tts": {"TTS_CACHE_BYTES": "0"},
+}
+"""Result caches off: repeated questions must cost what new ones do, or the comparison
+measures the caches. The LLM's prompt-prefix reuse stays: it is not a result cache."""
+
+SMALL_LLM = "qwen2.5-coder-0.5b-instruct"
+FULL_WINDOW = {"stt": {"STT_ENGINES": '[{"name": "base", "window_padding_seconds": null}]'}}
+SENTENCE_FIRST = {"tts": {"TTS_SPLIT__FIRST_CHUNK_MIN_WORDS": "50", "TTS_SPLIT__FIRST_CHUNK_MAX_WORDS": "100"}}
+NO_PREEMPT = {"orchestrator": {"ORCH_PREEMPTIVE_GENERATION": "false"}}
+SILENCE_ENDPOINTING = {"stt": {"STT_STREAMING__TURN__MODE": "silence"}}
+FRENCH_ESPEAK = {"orchestrator": {"ORCH_DEFAULTS__VOICES": '{"fr": "espeak-ng:fr"}'}}
+
+CONFIGS: dict[str, list[dict[str, dict[str, str]]]] = {
+    "defaults": [],
+    "stt-full-window": [FULL_WINDOW],
+    "tts-first-sentence": [SENTENCE_FIRST],
+    "no-preemptive-llm": [NO_PREEMPT],
+    "silence-endpointing": [SILENCE_ENDPOINTING],
+    "fr-voice-espeak": [FRENCH_ESPEAK],
+    "all-levers-off": [FULL_WINDOW, SENTENCE_FIRST, NO_PREEMPT, SILENCE_ENDPOINTING, FRENCH_ESPEAK],
+    "llm-qwen-0.5b": [{"llm": {"LLM_LLAMACPP__MODEL": SMALL_LLM}}],
+}
+"""Fleets of the ablation, as changes to the defaults: one lever off at a time (the STT's short
+window, the TTS's short first piece, answering ahead, semantic end of turn, the Kokoro French
+voice), all of them off (the settings before the latency work), and a smaller LLM. The first
+one is the main configuration: it also runs the sequential baseline and the floor."""
+
+
+def merged(*parts: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+    env: dict[str, dict[str, str]] = {}
+    for part in parts:
+        for service, values in part.items():
+            env.setdefault(service, {}).update(values)
+    return env
+
+
+def fleet(changes: list[dict[str, dict[str, str]]]) -> Fleet:
+    """The production fleet with result caches off and the configuration's changes."""
     names = ("stt", "llm", "tts", "orchestrator")
-    return Fleet(env=env, ports=dict.fromkeys(names, 0), metrics_ports=dict.fromkeys(names, 0))
+    return Fleet(env=merged(CACHES_OFF, *changes), ports=dict.fromkeys(names, 0), metrics_ports=dict.fromkeys(names, 0))
 
 
-async def run(fleet: Fleet, rounds: int) -> dict[str, Any]:
+def wer(rows: list[tuple[Question, dict[str, Any]]]) -> float:
+    """Word error rate of what the orchestrator heard, over all the turns' reference words."""
+    errors = sum(word_error_rate(q.text, r["transcript"]) * len(normalise(q.text)) for q, r in rows)
+    return errors / max(1, sum(len(normalise(q.text)) for q, _ in rows))
+
+
+def figures(rows: list[tuple[Question, dict[str, Any]]]) -> dict[str, Any]:
+    """Time to first audio, the server's breakdown and WER, overall and per language."""
+    out: dict[str, Any] = {}
+    for language in ("all", "fr", "en"):
+        sel = [(q, r) for q, r in rows if language == "all" or q.language == language]
+        if not sel:
+            continue
+        ttfa = [r["time_to_first_audio_s"] for _, r in sel]
+        server = {
+            point: round(statistics.median(r["server"].get(point, 0.0) for _, r in sel), 3)
+            for point in sel[0][1]["server"]
+        }
+        out[language] = {
+            "turns": len(sel),
+            "time_to_first_audio_p50_s": round(percentile(ttfa, 0.5), 3),
+            "time_to_first_audio_p95_s": round(percentile(ttfa, 0.95), 3),
+            "wer_heard": round(wer(sel), 4),
+            "split_turns": sum(r["finals"] > 1 for _, r in sel),
+            "server_median_s": server,
+        }
+    return out
+
+
+async def streamed_only(fleet: Fleet, qs: list[Question], rounds: int) -> list[tuple[Question, dict[str, Any]]]:
+    async with grpc.aio.insecure_channel(fleet.target("orchestrator")) as channel:
+        orch = orchestrator_pb2_grpc.OrchestratorServiceStub(channel)
+        await streamed_turn(orch, qs[0].language, qs[0].pcm)  # warm every path once, not measured
+        rows = []
+        for _ in range(rounds):
+            for q in qs:
+                rows.append((q, await streamed_turn(orch, q.language, q.pcm)))
+        return rows
+
+
+async def run(fleet: Fleet, qs: list[Question], rounds: int) -> dict[str, Any]:
     channels = {n: grpc.aio.insecure_channel(t) for n, t in fleet.targets.items()}
     orch = orchestrator_pb2_grpc.OrchestratorServiceStub(channels["orchestrator"])
     stt = stt_pb2_grpc.SttServiceStub(channels["stt"])
     llm = llm_pb2_grpc.LlmServiceStub(channels["llm"])
     tts = tts_pb2_grpc.TtsServiceStub(channels["tts"])
-    qs = questions()
-    await streamed_turn(orch, qs[0][1], qs[0][2])  # warm every path once, not measured
-    streamed: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in qs}
-    sequential: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in qs}
+    await streamed_turn(orch, qs[0].language, qs[0].pcm)  # warm every path once, not measured
+    streamed: dict[str, list[dict[str, Any]]] = {q.name: [] for q in qs}
+    sequential: dict[str, list[dict[str, Any]]] = {q.name: [] for q in qs}
     # Questions take turns, so no prompt directly follows itself: the LLM then reuses only the
     # system prompt's cache, as in a real conversation, not a whole identical prompt.
     for _ in range(rounds):
-        for name, language, pcm in qs:
-            streamed[name].append(await streamed_turn(orch, language, pcm))
-        for name, language, pcm in qs:
-            sequential[name].append(await sequential_turn(stt, llm, tts, language, pcm))
+        for q in qs:
+            streamed[q.name].append(await streamed_turn(orch, q.language, q.pcm))
+        for q in qs:
+            sequential[q.name].append(await sequential_turn(stt, llm, tts, q.language, q.pcm))
     # The floor, interleaved too: the LLM must read each question anew, as in a real turn.
-    floors: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in qs}
+    floors: dict[str, list[dict[str, float]]] = {q.name: [] for q in qs}
     for i in range(rounds):
-        for name, language, pcm in qs:
-            best = min(streamed[name], key=lambda r: r["time_to_first_audio_s"])
-            floors[name].append(await floor(stt, llm, tts, language, pcm, best["transcript"], best["reply"], i))
+        for q in qs:
+            best = min(streamed[q.name], key=lambda r: r["time_to_first_audio_s"])
+            floors[q.name].append(await floor(stt, llm, tts, q.language, q.pcm, best["transcript"], best["reply"], i))
     rows = []
-    for name, language, pcm in qs:
-        parts = {k: min(f[k] for f in floors[name]) for k in floors[name][0] if k != "floor_s"}
+    for q in qs:
+        parts = {k: min(f[k] for f in floors[q.name]) for k in floors[q.name][0] if k != "floor_s"}
         fl = {**parts, "floor_s": sum(parts.values())}
-        s_med = statistics.median(r["time_to_first_audio_s"] for r in streamed[name])
-        q_med = statistics.median(r["time_to_first_audio_s"] for r in sequential[name])
+        s_med = statistics.median(r["time_to_first_audio_s"] for r in streamed[q.name])
+        q_med = statistics.median(r["time_to_first_audio_s"] for r in sequential[q.name])
         rows.append(
             {
-                "question": name,
-                "language": language,
-                "speech_s": round(speech_end(pcm), 2),
-                "streamed": streamed[name],
-                "sequential": sequential[name],
+                "question": q.name,
+                "language": q.language,
+                "speech_s": round(speech_end(q.pcm), 2),
+                "streamed": streamed[q.name],
+                "sequential": sequential[q.name],
                 "floor": fl,
                 "streamed_median_s": s_med,
                 "sequential_median_s": q_med,
@@ -282,22 +414,18 @@ async def run(fleet: Fleet, rounds: int) -> dict[str, Any]:
             }
         )
         print(
-            f"{name:40} streamed {s_med:5.2f}s  sequential {q_med:5.2f}s  x{q_med / s_med:4.1f}  floor {fl['floor_s']:5.2f}s"
+            f"{q.name:44} streamed {s_med:5.2f}s  sequential {q_med:5.2f}s  x{q_med / s_med:4.1f}  "
+            f"floor {fl['floor_s']:5.2f}s",
+            flush=True,
         )
     for ch in channels.values():
         await ch.close()
     ttfa = [r["time_to_first_audio_s"] for row in rows for r in row["streamed"]]
     seq = [r["time_to_first_audio_s"] for row in rows for r in row["sequential"]]
+    floor_parts = {
+        k: round(statistics.median(r["floor"][k] for r in rows), 3) for k in rows[0]["floor"] if k != "floor_s"
+    }
     return {
-        "generated_at": datetime.now(UTC).isoformat(),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()},
-        "models": {
-            "stt": "whisper-base int8 (CPU)",
-            "llm": "qwen2.5-coder-1.5b-instruct-q4_k_m (llama.cpp CPU)",
-            "tts": "piper en_US-joe-medium / espeak-ng fr",
-        },
-        "endpoint_silence_ms": SILENCE_MS,
-        "rounds": rounds,
         "summary": {
             "turns": len(ttfa),
             "streamed_time_to_first_audio_p50_s": percentile(ttfa, 0.5),
@@ -306,22 +434,72 @@ async def run(fleet: Fleet, rounds: int) -> dict[str, Any]:
             "sequential_time_to_first_audio_p95_s": percentile(seq, 0.95),
             "speedup_p50": percentile(seq, 0.5) / percentile(ttfa, 0.5),
             "median_floor_s": statistics.median(r["floor"]["floor_s"] for r in rows),
+            "median_floor_parts_s": floor_parts,
             "median_above_floor_s": statistics.median(r["above_floor_s"] for r in rows),
         },
+        "streamed": figures([(q, r) for q in qs for row in rows if row["question"] == q.name for r in row["streamed"]]),
         "questions": rows,
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.e2e", description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the main configuration")
+    parser.add_argument("--ablation-rounds", type=int, default=2, help="rounds of every other configuration")
+    parser.add_argument(
+        "--configs", nargs="*", default=list(CONFIGS), choices=list(CONFIGS), help="configurations to run, in order"
+    )
     parser.add_argument("--out", type=Path, default=REPO / "reports" / "bench_e2e.json")
     args = parser.parse_args()
-    with fleet() as running:  # started from the main thread: its services die with this process
-        report = asyncio.run(run(running, args.rounds))
+    qs = questions()
+    report: dict[str, Any] = {
+        "generated_at": datetime.now(UTC).isoformat(),
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()},
+        "models": {
+            "stt": "whisper-base int8 (CPU)",
+            "llm": "qwen2.5-coder-1.5b-instruct-q4_k_m (llama.cpp CPU)",
+            "tts": "piper en_US-joe-medium / the French default voice",
+        },
+        "rounds": args.rounds,
+        "ablation_rounds": args.ablation_rounds,
+        "configs": {name: merged(*CONFIGS[name]) for name in args.configs},
+        "ablation": {},
+    }
+    store = ModelStore(default_model_dir())
+    for i, name in enumerate(args.configs):
+        print(f"--- {name}", flush=True)
+        model = merged(*CONFIGS[name]).get("llm", {}).get("LLM_LLAMACPP__MODEL")
+        missing = None
+        if model:
+            try:
+                store.gguf(model)
+            except ModelError as err:
+                missing = str(err)
+        if missing:
+            why = f"model {model} not assembled ({missing})"
+            print(f"skipped: {why}", flush=True)
+            report["ablation"][name] = {"skipped": why}
+            continue
+        # Each fleet is started from the main thread, so its services die with this process.
+        with fleet(CONFIGS[name]) as running:
+            if i == 0:
+                main_run = asyncio.run(run(running, qs, args.rounds))
+                report["main"] = name
+                report["summary"] = main_run["summary"]
+                report["questions"] = main_run["questions"]
+                report["ablation"][name] = main_run["streamed"]
+            else:
+                rows = asyncio.run(streamed_only(running, qs, args.ablation_rounds))
+                report["ablation"][name] = figures(rows)
+        row = report["ablation"][name]["all"]  # type: ignore[index]
+        print(
+            f"{name:22} TTFA p50 {row['time_to_first_audio_p50_s']:.2f}s p95 {row['time_to_first_audio_p95_s']:.2f}s "
+            f"WER {row['wer_heard']:.3f}",
+            flush=True,
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
-    print(json.dumps(report["summary"], indent=2))
+    args.out.write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    print(json.dumps({"summary": report.get("summary"), "ablation": report["ablation"]}, indent=2))
     print(f"report: {args.out}")
 
 

@@ -77,8 +77,8 @@ def typed_questions() -> dict[str, list[str]]:
 def spoken_questions() -> dict[str, list[tuple[str, Pcm]]]:
     """Spoken questions (``bench.e2e.questions``) by language."""
     out: dict[str, list[tuple[str, Pcm]]] = {}
-    for name, language, pcm in questions():
-        out.setdefault(language, []).append((name, pcm))
+    for q in questions():
+        out.setdefault(q.language, []).append((q.name, q.pcm))
     return out
 
 
@@ -509,7 +509,7 @@ def main() -> None:
     levels = sorted({int(x) for x in args.levels.split(",") if x.strip()})
     if not levels or levels[0] < 1:
         parser.error("--levels: positive integers")
-    with e2e_fleet() as running:  # main thread: the services die with this process
+    with e2e_fleet([]) as running:  # main thread: the services die with this process
         report = asyncio.run(run(running, levels, args.seconds))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))

@@ -241,7 +241,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.turns < 1 or args.per_session < 1 or args.concurrent < 1:
         parser.error("--turns, --per-session and --concurrent must be positive")
-    with e2e_fleet() as running:  # main thread: the services die with this process
+    with e2e_fleet([]) as running:  # main thread: the services die with this process
         report = asyncio.run(
             run(
                 running,

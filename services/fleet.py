@@ -110,17 +110,65 @@ def free_port(host: str = LOCALHOST) -> int:
 
 
 def port_in_use(port: int, host: str = LOCALHOST) -> bool:
-    """True when something already listens on ``port``.
+    """True when something listens on ``port``.
 
-    gRPC servers bind with SO_REUSEPORT, so a second one would start on the same port and the
-    health check could be answered by the old one; a plain bind (no SO_REUSEPORT) fails instead.
+    A bind probe (SO_REUSEADDR, no SO_REUSEPORT: with it a second gRPC server would start on
+    the same port and the health check could be answered by the old one) passes over a free
+    port at once. When it fails, the port may only hold the TIME-WAIT leftovers of a fleet that
+    just stopped, which do not stop a new server from binding: only a listener that accepts a
+    connection (or is too busy to answer: a closed local port refuses at once) counts.
     """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
+            return False
         except OSError:
-            return True
-    return False
+            pass
+    try:
+        socket.create_connection((host, port), timeout=1.0).close()
+    except ConnectionRefusedError:
+        return False
+    except OSError:
+        return True  # no answer in time: a listener with a full backlog
+    return True
+
+
+def _listening_inodes(port: int) -> set[str]:
+    """Inodes of the sockets listening on ``port``, from /proc/net/tcp and tcp6 (Linux)."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            # local_address is HEX_IP:HEX_PORT; state 0A is LISTEN; inode is the 10th field.
+            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(fields[9])
+    return inodes
+
+
+def port_holder(port: int) -> str:
+    """Who listens on ``port``, as far as this user can see: "another Parole fleet" when a
+    health service answers there, the process id and command line from /proc, or "".
+    """
+    with grpc.insecure_channel(f"{LOCALHOST}:{port}") as channel:
+        try:
+            status_sync(channel, timeout=0.5)
+            parole = True
+        except grpc.RpcError:
+            parole = False
+    inodes = {f"socket:[{i}]" for i in _listening_inodes(port)}
+    owners: list[str] = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError):  # processes come and go; others' fds are not ours to read
+            if any(os.readlink(fd) in inodes for fd in (proc / "fd").iterdir()):
+                command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+                owners.append(f"pid {proc.name}: {command[:80]}")
+    who = ("another Parole fleet, " if parole else "") + "; ".join(owners)
+    return who.rstrip(", ")
 
 
 def tail(path: Path | None, lines: int = 30) -> str:
@@ -345,14 +393,18 @@ class Fleet:
     # -- inside -------------------------------------------------------------------------------
 
     def _check_ports(self) -> None:
-        busy = [f"{s.name} :{s.port}" for s in self.specs if port_in_use(s.port)]
-        busy += [f"{s.name} :{port}" for s in self.specs for _, port in s.extra_ports if port_in_use(port)]
-        busy += [
-            f"{s.name} metrics :{s.metrics_port}" for s in self.specs if s.metrics_port and port_in_use(s.metrics_port)
-        ]
+        ports = [(s.name, s.port) for s in self.specs]
+        ports += [(s.name, port) for s in self.specs for _, port in s.extra_ports]
+        ports += [(f"{s.name} metrics", s.metrics_port) for s in self.specs if s.metrics_port]
+        busy = []
+        for name, port in ports:
+            if port and port_in_use(port):
+                holder = port_holder(port)
+                busy.append(f"{name} :{port}" + (f" (held by {holder})" if holder else ""))
         if busy:
             raise FleetError(
-                f"ports already in use: {', '.join(busy)} (another fleet still running? stop it, or choose other ports)"
+                f"ports already in use: {', '.join(busy)}. Stop what holds them, or choose other ports"
+                " (python -m services.fleet --port NAME=PORT; a metrics port: <PREFIX>SERVER__METRICS_PORT)"
             )
 
     def _spawn(self, spec: ServiceSpec, *, append_log: bool = False) -> None:

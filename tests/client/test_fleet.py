@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 import time
@@ -10,7 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from services.fleet import Fleet, FleetError, ServiceSpec
+from services.fleet import Fleet, FleetError, ServiceSpec, free_port
 from services.runtime.healthcheck import SERVING, status_sync
 
 ECHO = ServiceSpec("echo", "tests.foundation.echo_service", "ECHO_", port=0, metrics_port=0)
@@ -89,54 +90,57 @@ def test_a_busy_port_is_refused_before_anything_starts(tmp_path: Path) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         fleet = Fleet([ECHO], ports={"echo": port}, log_dir=tmp_path)
-        with pytest.raises(FleetError, match=f"ports already in use: echo :{port}"):
+        with pytest.raises(FleetError, match=f"ports already in use: echo :{port}") as caught:
             fleet.start()
+    # It names who holds the port: this test's process.
+    assert f"held by pid {os.getpid()}" in str(caught.value)
     assert not (tmp_path / "echo.log").exists()
 
 
-def test_unknown_dependencies_are_refused() -> None:
-    with pytest.raises(ValueError, match="orchestrator needs stt, llm, tts"):
-        Fleet(["orchestrator"])
+def test_a_live_fleet_is_named_as_one(tmp_path: Path) -> None:
+    with Fleet([ECHO], log_dir=tmp_path / "first", stop_grace=5) as first:
+        port = first.specs[0].port
+        second = Fleet([ECHO], ports={"echo": port}, metrics_ports={"echo": 0}, log_dir=tmp_path / "second")
+        with pytest.raises(
+            FleetError, match=f"echo :{port} \\(held by another Parole fleet, pid {first.children['echo'].process.pid}"
+        ):
+            second.start()
+        assert _serving(first.target("echo")), "the refused start left the live fleet alone"
 
 
-def test_restart_brings_a_killed_service_back_on_its_port(tmp_path: Path) -> None:
-    with Fleet([ECHO], log_dir=tmp_path, stop_grace=5) as fleet:
-        target = fleet.target("echo")
-        first = fleet.children["echo"].process
-        first.kill()
-        first.wait()
-        assert not _serving(target)
-        child = fleet.restart("echo")
-        assert child.process.pid != first.pid and child.process.poll() is None
-        assert fleet.target("echo") == target and _serving(target)
-        assert child.serving_after is not None
-    assert child.process.returncode == 0
+def _time_wait(port: int) -> bool:
+    """A connection on local ``port`` is in TIME-WAIT (state 06 in /proc/net/tcp)."""
+    lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return any(f[3] == "06" and int(f[1].rsplit(":", 1)[1], 16) == port for f in (line.split() for line in lines))
 
 
-def test_children_die_with_a_killed_launcher(tmp_path: Path) -> None:
-    import os
-    import signal
-    import subprocess
-
-    script = (
-        "import sys, time; from pathlib import Path; from services.fleet import Fleet, ServiceSpec\n"
-        "f = Fleet([ServiceSpec('echo', 'tests.foundation.echo_service', 'ECHO_', port=0, metrics_port=0)], "
-        f"log_dir=Path({str(tmp_path)!r}))\n"
-        "f.start(); print(f.children['echo'].process.pid, flush=True); time.sleep(60)\n"
+def test_starting_again_right_after_a_stop_is_not_refused(tmp_path: Path) -> None:
+    fleet = Fleet([ECHO], ports={"echo": free_port()}, log_dir=tmp_path, stop_grace=5)
+    with fleet, grpc.insecure_channel(fleet.target("echo")) as channel:
+        assert status_sync(channel, timeout=10) == SERVING
+    again = Fleet(
+        [ECHO],
+        ports={"echo": fleet.specs[0].port},
+        metrics_ports={"echo": fleet.specs[0].metrics_port},
+        log_dir=tmp_path,
     )
-    launcher = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=Path.cwd())
-    assert launcher.stdout is not None
-    pid = int(launcher.stdout.readline())
-    with open(f"/proc/{pid}/cmdline", "rb") as f:
-        assert f.read().split(b"\0")[1:3] == [b"-m", b"tests.foundation.echo_service"], "the container's command"
-    launcher.send_signal(signal.SIGKILL)
-    launcher.wait()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.1)
-    os.kill(pid, signal.SIGKILL)
-    raise AssertionError("the service outlived its SIGKILLed launcher")
+    with again:
+        assert _serving(again.target("echo"))
+
+
+def test_time_wait_leftovers_of_a_closed_server_do_not_count_as_a_fleet(tmp_path: Path) -> None:
+    # What a stopped fleet leaves behind: its listening socket is gone, but connections it
+    # closed first stay in TIME-WAIT on its port for a minute. A plain bind() failed on them.
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do (gRPC too)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            accepted, _ = listener.accept()
+            accepted.close()  # the server hangs up first: its end goes to TIME-WAIT
+            assert client.recv(1) == b""
+    assert _time_wait(port), "no TIME-WAIT on the port: the test would prove nothing"
+    fleet = Fleet([ECHO], ports={"echo": port}, log_dir=tmp_path, stop_grace=5)
+    with fleet:
+        assert _serving(fleet.target("echo"))

@@ -8,6 +8,7 @@ serving other calls, and the pool size bounds how many syntheses share the CPU.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -126,10 +127,19 @@ class Synthesizer:
         self.max_text_chars = max_text_chars
         self.breakers = breakers or Breakers(SERVICE)
         self.cache: ByteBudgetCache[Audio] = ByteBudgetCache(SERVICE, cache_bytes, lambda a: len(a.pcm) + 64)
+        self._workers = workers
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tts-synth")
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def idle(self) -> None:
+        """Returns once every piece handed to the engines before the call has finished: one
+        task per worker, each waiting for all the others, can only run together once the
+        pool holds nothing else (the pool is first in, first out)."""
+        barrier = threading.Barrier(self._workers)
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(*(loop.run_in_executor(self._pool, barrier.wait) for _ in range(self._workers)))
 
     # ------------------------------------------------------------------ requests
     def plan(self, voice: str, language: str, speed: float, speaker_id: int | None, sample_rate: int) -> Plan:

@@ -64,14 +64,11 @@ class Engine:
         return next((b for b in self.backends if b.name == name), None)
 
     async def breaker_state(self, name: str) -> str:
-        state = "closed" if name in UNGUARDED else await self.breakers.state(name)
-        metrics.BREAKER_STATE.labels(name).set(metrics.BREAKER_VALUE.get(state, 0))
-        return state
+        return "closed" if name in UNGUARDED else await self.breakers.state(name)
 
     async def load(self) -> None:
         for b in self.backends:
             await b.load()
-            await self.breaker_state(b.name)
 
     async def close(self) -> None:
         for b in self.backends:
@@ -113,21 +110,18 @@ class Engine:
                 reason = _reason(exc)
                 if attempt.chars_sent:
                     metrics.GENERATIONS.labels(backend.name, "error").inc()
-                    await self.breaker_state(backend.name)
                     log.warning("backend failed mid-answer", backend=backend.name, reason=reason)
                     raise Unavailable(
                         f"{backend.name} failed after {attempt.chars_sent} characters of the answer were sent "
                         f"({reason}); the answer is incomplete"
                     ) from exc
             else:
-                await self.breaker_state(backend.name)
                 assert attempt.finish is not None
                 yield attempt.summary(fallbacks)
                 return
             finally:
                 if attempt.cancelled:
                     metrics.GENERATIONS.labels(backend.name, "cancelled").inc()
-            await self.breaker_state(backend.name)
             fallbacks.append(f"{backend.name}: {reason}")
             metrics.FALLBACKS.labels(backend.name, _reason_kind(reason)).inc()
             self.breakers.record_fallback(backend.name)

@@ -33,11 +33,4 @@ FALLBACKS = Counter(
     "Times a backend was skipped or failed before the first token and the next one was tried.",
     ["backend", "reason"],
 )
-BREAKER_STATE = Gauge(
-    "parole_llm_breaker_state",
-    "Circuit breaker of each backend: 0 closed, 1 open, 2 half-open.",
-    ["backend"],
-)
 WAITING = Gauge("parole_llm_requests_in_flight", "Generate calls in progress (running or waiting).")
-
-BREAKER_VALUE = {"closed": 0, "open": 1, "half-open": 2}

@@ -76,12 +76,6 @@ class DeadlineExceeded(ServiceError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
-class Unauthenticated(ServiceError):
-    """Missing or wrong credentials."""
-
-    code = grpc.StatusCode.UNAUTHENTICATED
-
-
 def field_violations(err: grpc.aio.AioRpcError | grpc.RpcError) -> dict[str, str]:
     """Client side: the BadRequest field violations carried by a failed call, if any."""
     status = rpc_status.from_call(err)  # type: ignore[arg-type]

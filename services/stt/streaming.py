@@ -220,10 +220,6 @@ class Endpointer:
         self._transcript_ready = False  # the speculative decode of this pause has finished
 
     @property
-    def in_speech(self) -> bool:
-        return self._utt is not None
-
-    @property
     def speaking(self) -> bool:
         """Inside an utterance and the last window was speech."""
         return self._utt is not None and self._silence == 0

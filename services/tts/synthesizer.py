@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Histogram
 
 from services.runtime.audio import resample_pcm16
 from services.runtime.errors import InvalidArgument, Unavailable
@@ -48,12 +48,9 @@ RTF = Histogram(
 )
 CHARACTERS = Counter("parole_tts_characters_total", "Characters synthesized by an engine (not cached).", ["engine"])
 AUDIO_SECONDS = Counter("parole_tts_audio_seconds_total", "Seconds of audio sent, by engine.", ["engine"])
-CACHE_LOOKUPS = Counter("parole_tts_cache_lookups_total", "Phrase cache lookups.", ["result"])
 FALLBACKS = Counter(
     "parole_tts_fallbacks_total", "Pieces a voice could not speak, passed on down the chain.", ["voice"]
 )
-BREAKER = Gauge("parole_tts_breaker_state", "Engine breaker: 0 closed, 1 open, 2 half-open.", ["breaker"])
-_BREAKER_VALUE = {"closed": 0, "open": 1, "half-open": 2}
 
 
 @dataclass(frozen=True)
@@ -190,7 +187,6 @@ class Synthesizer:
             key = digest(voice.name, piece, f"{options.speed:.4f}", str(options.speaker_id), str(plan.sample_rate))
             started = time.perf_counter()
             hit = self.cache.get(key)
-            CACHE_LOOKUPS.labels("hit" if hit is not None else "miss").inc()
             if hit is not None:
                 return Spoken(piece, hit, voice.name, voice.spec.engine, True, time.perf_counter() - started)
             try:
@@ -213,8 +209,6 @@ class Synthesizer:
                 if audio.duration > 0:
                     RTF.labels(engine).observe(seconds / audio.duration)
                 return Spoken(piece, audio, voice.name, engine, False, seconds)
-            finally:
-                await self._export_breaker(voice.spec.breaker)
             FALLBACKS.labels(voice.name).inc()
             self.breakers.record_fallback(voice.spec.breaker)
         raise Unavailable(f"no voice could speak this text: {'; '.join(errors)}")
@@ -225,9 +219,6 @@ class Synthesizer:
             # If the caller is cancelled, the running piece finishes in its thread but no
             # further piece is started: cancellation stops synthesis at the next boundary.
             return await loop.run_in_executor(self._pool, voice.engine.synthesize, voice.name, piece, options)
-
-    async def _export_breaker(self, name: str) -> None:
-        BREAKER.labels(name).set(_BREAKER_VALUE.get(await self.breakers.state(name), 0))
 
     async def speak_all(self, pieces: Iterable[str], plan: Plan) -> AsyncIterator[Spoken]:
         """Speaks pieces in order, one at a time."""

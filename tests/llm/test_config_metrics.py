@@ -89,7 +89,7 @@ async def test_metrics_count_generations(served: Served) -> None:
     )
     text = generate_latest(REGISTRY).decode()
     assert re.search(r'parole_llm_time_to_first_token_seconds_bucket\{backend="llamacpp",le="30.0"\}', text)
-    assert 'parole_llm_breaker_state{backend="llamacpp"} 0.0' in text
+    assert REGISTRY.get_sample_value("parole_breaker_state", {"service": "llm", "engine": "llamacpp"}) == 0
     models = await served.stub.ListModels(llm_pb2.ListModelsRequest())
     assert [(m.backend, m.model, m.breaker_state) for m in models.models] == [
         ("llamacpp", "smollm2-135m-instruct-q4_1", "closed"),

@@ -213,7 +213,7 @@ async def test_incremental_flush_speaks_pending_text(tts_stub: tts_pb2_grpc.TtsS
 # ----------------------------------------------------------------------------- cache and options
 async def test_repeated_phrase_comes_from_the_cache(tts_stub: tts_pb2_grpc.TtsServiceAsyncStub) -> None:
     text = "Your order has been confirmed and will arrive on Monday."
-    hits_before = metric("parole_tts_cache_lookups_total", {"result": "hit"})
+    hits_before = metric("parole_cache_requests_total", {"service": "tts", "result": "hit"})
     t = time.perf_counter()
     first = await synth(tts_stub, text, EN)
     first_s = time.perf_counter() - t
@@ -224,7 +224,7 @@ async def test_repeated_phrase_comes_from_the_cache(tts_stub: tts_pb2_grpc.TtsSe
     assert (first.cached, again.cached) == (False, True)
     assert again.audio == first.audio
     assert again_s < first_s / 3 and again_s < 0.05
-    assert metric("parole_tts_cache_lookups_total", {"result": "hit"}) == hits_before + 1
+    assert metric("parole_cache_requests_total", {"service": "tts", "result": "hit"}) == hits_before + 1
     # other options are another phrase
     slower = await synth(tts_stub, text, tts_pb2.SynthesisConfig(language="en", speed=0.8))
     assert not slower.cached
@@ -387,7 +387,7 @@ async def test_metrics_are_exported(tts_stub: tts_pb2_grpc.TtsServiceAsyncStub) 
     assert metric("parole_tts_time_to_first_audio_seconds_count", {"method": "Synthesize"}) > 0
     assert metric("parole_tts_real_time_factor_count", {"engine": "piper"}) > 0
     assert metric("parole_tts_characters_total", {"engine": "piper"}) > 0
-    assert metric("parole_tts_breaker_state", {"breaker": f"piper:{JOE}"}) == 0
+    assert REGISTRY.get_sample_value("parole_breaker_state", {"service": "tts", "engine": f"piper:{JOE}"}) == 0
 
 
 GRPCURL = str(Path(".venv/bin/grpcurl")) if Path(".venv/bin/grpcurl").exists() else shutil.which("grpcurl")

@@ -23,6 +23,7 @@ import numpy as np
 
 from services.runtime.audio import SPEECH_RATE, FloatAudio
 from services.runtime.logging import get_logger
+from services.runtime.streams import Channel, ChannelClosed, producing
 from services.stt.config import StreamingSettings
 from services.stt.engine import DecodeOptions, Transcript, Word
 from services.stt.recognizer import EOS_TO_FINAL, SPECULATIVE, Recognition, Recognizer
@@ -563,13 +564,6 @@ class _Utterance:
     """The current pause's speculative transcript went to the client."""
 
 
-class _Done:
-    pass
-
-
-_DONE = _Done()
-
-
 class StreamSession:
     """One streaming recognition: audio in, speech events and transcripts out."""
 
@@ -595,7 +589,9 @@ class StreamSession:
         self._pause_verdicts: list[TurnVerdict] = []  # answers accepted in the current pause
         self.interim_samples = settings.interim_interval_ms * SPEECH_RATE // 1000
         self._received = 0
-        self._out: asyncio.Queue[SessionEvent | BaseException | _Done] = asyncio.Queue()
+        # What the consumer gets: events, then the end, or the first error (after the events
+        # sent before it). Decodes run as tasks of their own and send their results here.
+        self._out: Channel[SessionEvent] = Channel()
         self._utt: _Utterance | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._last_final: asyncio.Task[None] | None = None
@@ -616,24 +612,28 @@ class StreamSession:
         task.add_done_callback(self._tasks.discard)
         return task
 
+    def _emit(self, event: SessionEvent) -> None:
+        """Sends ``event`` to the consumer; dropped once the stream is over (an error ended
+        it, or the consumer left): a late interim or speculative result goes nowhere."""
+        with contextlib.suppress(ChannelClosed):
+            self._out.send_nowait(event)
+
+    def _fail(self, error: Exception) -> None:
+        """Ends the stream with ``error``, raised to the consumer after the events before it."""
+        self._out.close(error)
+
     async def run(self, audio: AsyncIterator[FloatAudio | EndUtterance]) -> AsyncIterator[SessionEvent]:
         """Yields events as they happen; ends after the last final (or the first, with
         single_utterance). Errors of the input or of a final decode are raised here."""
-        reader = self._spawn(self._read(audio))
         try:
-            while True:
-                item = await self._out.get()
-                if isinstance(item, _Done):
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-                if self.config.single_utterance and isinstance(item, StreamResult) and item.is_final:
-                    return
+            async with producing(self._out, self._read(audio)) as events:
+                async for item in events:
+                    yield item
+                    if self.config.single_utterance and isinstance(item, StreamResult) and item.is_final:
+                        return
         finally:
             # The client left, an error ended the stream, or we are done: no decode of this
             # stream may outlive it (each would hold a queue slot).
-            reader.cancel()
             pending = list(self._tasks)
             for t in pending:
                 t.cancel()
@@ -642,23 +642,18 @@ class StreamSession:
                     await t
 
     async def _read(self, audio: AsyncIterator[FloatAudio | EndUtterance]) -> None:
-        try:
-            async for chunk in audio:
-                if isinstance(chunk, EndUtterance):
-                    await self._flush("client")
-                    continue
-                self._received += chunk.size
-                for event in self.endpointer.feed(chunk):
-                    self._on_endpoint(event)
-                self._maybe_interim()
-            await self._flush("end_of_stream")
-            if self._last_final is not None:
-                await self._last_final
-            self._out.put_nowait(_DONE)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - handed to the consumer, which raises it to the client
-            self._out.put_nowait(exc)
+        """The producer: feeds the endpointer; the stream ends once the last final is out."""
+        async for chunk in audio:
+            if isinstance(chunk, EndUtterance):
+                await self._flush("client")
+                continue
+            self._received += chunk.size
+            for event in self.endpointer.feed(chunk):
+                self._on_endpoint(event)
+            self._maybe_interim()
+        await self._flush("end_of_stream")
+        if self._last_final is not None:
+            await self._last_final
 
     async def _flush(self, reason: Literal["end_of_stream", "client"]) -> None:
         """Ends the utterance in progress. Audio waiting for an end-of-turn answer is judged
@@ -672,9 +667,7 @@ class StreamSession:
     def _on_endpoint(self, event: EndpointEvent) -> None:
         if isinstance(event, SpeechStarted):
             self._utt = _Utterance(event.utterance)
-            self._out.put_nowait(
-                SpeechEvent("started", event.utterance, event.at_sample / SPEECH_RATE, self.processed_seconds)
-            )
+            self._emit(SpeechEvent("started", event.utterance, event.at_sample / SPEECH_RATE, self.processed_seconds))
         elif isinstance(event, Paused):
             assert self._utt is not None
             self._speculate(self._utt, event)
@@ -689,15 +682,13 @@ class StreamSession:
             if self._utt is not None and self._utt.spec_sent:
                 # The client may be answering that transcript: tell it the speaker went on.
                 self._utt.spec_sent = False
-                self._out.put_nowait(
+                self._emit(
                     SpeechEvent("resumed", event.utterance, event.at_sample / SPEECH_RATE, self.processed_seconds)
                 )
         else:
             utt = self._utt or _Utterance(event.utterance)
             self._utt = None
-            self._out.put_nowait(
-                SpeechEvent("ended", event.utterance, event.at_sample / SPEECH_RATE, self.processed_seconds)
-            )
+            self._emit(SpeechEvent("ended", event.utterance, event.at_sample / SPEECH_RATE, self.processed_seconds))
             spec = utt.spec_task if utt.spec_task is not None and utt.spec_end == event.end_sample else None
             if spec is None and utt.spec_task is not None:
                 utt.spec_task.cancel()
@@ -730,7 +721,7 @@ class StreamSession:
         if not transcript.text:
             return
         utt.spec_sent = True
-        self._out.put_nowait(
+        self._emit(
             self._result(transcript, False, utt.index, paused.start_sample, paused.voice_end_sample, speculative=True)
         )
 
@@ -742,7 +733,7 @@ class StreamSession:
             for event in self.endpointer.transcript_ready(end_sample):
                 self._on_endpoint(event)
         except Exception as exc:  # noqa: BLE001 - handed to the consumer, which raises it to the client
-            self._out.put_nowait(exc)
+            self._fail(exc)
 
     def _decision(self, ended: SpeechEnded) -> EndOfTurn:
         """What the final reports of how its utterance ended; counted in the metrics."""
@@ -795,7 +786,7 @@ class StreamSession:
             for event in self.endpointer.verdict(check.check, None if verdict is None else verdict.probability):
                 self._on_endpoint(event)
         except Exception as exc:  # noqa: BLE001 - handed to the consumer, which raises it to the client
-            self._out.put_nowait(exc)
+            self._fail(exc)
 
     def _maybe_interim(self) -> None:
         utt = self._utt
@@ -823,7 +814,7 @@ class StreamSession:
             return
         if utt.final_sent or not rec.transcript.text:
             return
-        self._out.put_nowait(self._result(rec.transcript, False, utt.index, start, start + audio.size))
+        self._emit(self._result(rec.transcript, False, utt.index, start, start + audio.size))
 
     async def _final(
         self,
@@ -857,10 +848,10 @@ class StreamSession:
             await previous
         utt.final_sent = True
         if error is not None or rec is None:
-            self._out.put_nowait(error or RuntimeError("final decode produced nothing"))
+            self._fail(error or RuntimeError("final decode produced nothing"))
             return
         EOS_TO_FINAL.observe(time.perf_counter() - ended_at)
-        self._out.put_nowait(
+        self._emit(
             self._result(rec.transcript, True, ended.utterance, ended.start_sample, ended.voice_end_sample, decision)
         )
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator
 
@@ -12,6 +10,7 @@ import grpc
 from parole.audio.v1 import audio_pb2
 from parole.tts.v1 import tts_pb2, tts_pb2_grpc
 from services.runtime.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from services.runtime.streams import Channel, producing
 from services.tts.synthesizer import AUDIO_SECONDS, TIME_TO_FIRST_AUDIO, Plan, Spoken, Synthesizer, join
 from services.tts.text import IncrementalSplitter
 
@@ -84,33 +83,22 @@ class TtsServicer(tts_pb2_grpc.TtsServiceServicer):
         plan = await self._read_config(request_iterator)
         splitter = IncrementalSplitter(plan.language, self._synth.policy)
         # Text keeps arriving while earlier pieces are spoken: a reader task cuts it into
-        # pieces and queues them; this generator speaks them in order.
-        queue: asyncio.Queue[tuple[str, float] | BaseException | None] = asyncio.Queue()
-        reader = asyncio.create_task(self._read_text(request_iterator, splitter, queue))
+        # pieces and sends them on; this generator speaks them in order.
+        texts: Channel[tuple[str, float]] = Channel()
         sequence = 0
-        try:
-            while True:
-                item = await queue.get()
-                if item is None:
-                    break
-                if isinstance(item, BaseException):
-                    raise item
-                raw, ready_at = item
+        async with producing(texts, self._read_text(request_iterator, splitter, texts)):
+            async for raw, ready_at in texts:
                 for piece in self._synth.prepare(raw, plan, first=sequence == 0):
                     spoken = await self._synth.speak(piece, plan)
                     if sequence == 0:
                         TIME_TO_FIRST_AUDIO.labels("StreamingSynthesize").observe(time.perf_counter() - ready_at)
                     yield tts_pb2.StreamingSynthesizeResponse(audio=_chunk(spoken, sequence))
                     sequence += 1
-            if sequence == 0:
-                raise InvalidArgument(
-                    "nothing to speak: no text, or only text with no speakable words, was sent after the config",
-                    fields={"text": "no speakable words"},
-                )
-        finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+        if sequence == 0:
+            raise InvalidArgument(
+                "nothing to speak: no text, or only text with no speakable words, was sent after the config",
+                fields={"text": "no speakable words"},
+            )
 
     async def _read_config(self, requests: AsyncIterator[tts_pb2.StreamingSynthesizeRequest]) -> Plan:
         first = await anext(requests, None)
@@ -125,37 +113,31 @@ class TtsServicer(tts_pb2_grpc.TtsServiceServicer):
         self,
         requests: AsyncIterator[tts_pb2.StreamingSynthesizeRequest],
         splitter: IncrementalSplitter,
-        queue: asyncio.Queue[tuple[str, float] | BaseException | None],
+        texts: Channel[tuple[str, float]],
     ) -> None:
         total = 0
-        try:
-            async for request in requests:
-                kind = request.WhichOneof("request")
-                if kind == "config":
-                    raise FailedPrecondition(
-                        "`config` may only be sent once, in the first message", fields={"config": "sent again"}
+        async for request in requests:
+            kind = request.WhichOneof("request")
+            if kind == "config":
+                raise FailedPrecondition(
+                    "`config` may only be sent once, in the first message", fields={"config": "sent again"}
+                )
+            if kind == "text":
+                total += len(request.text)
+                if total > self._synth.max_text_chars:
+                    raise InvalidArgument(
+                        f"the streamed text passed {self._synth.max_text_chars} characters, the limit per stream",
+                        fields={"text": "stream too long"},
                     )
-                if kind == "text":
-                    total += len(request.text)
-                    if total > self._synth.max_text_chars:
-                        raise InvalidArgument(
-                            f"the streamed text passed {self._synth.max_text_chars} characters, the limit per stream",
-                            fields={"text": "stream too long"},
-                        )
-                    for piece in splitter.feed(request.text):
-                        queue.put_nowait((piece, time.perf_counter()))
-                elif kind == "flush":
-                    rest = splitter.flush()
-                    if rest.strip():
-                        queue.put_nowait((rest, time.perf_counter()))
-            rest = splitter.flush()
-            if rest.strip():
-                queue.put_nowait((rest, time.perf_counter()))
-            queue.put_nowait(None)
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:  # noqa: BLE001 - handed to the generator, which raises it as the call's status
-            queue.put_nowait(exc)
+                for piece in splitter.feed(request.text):
+                    texts.send_nowait((piece, time.perf_counter()))
+            elif kind == "flush":
+                rest = splitter.flush()
+                if rest.strip():
+                    texts.send_nowait((rest, time.perf_counter()))
+        rest = splitter.flush()
+        if rest.strip():
+            texts.send_nowait((rest, time.perf_counter()))
 
     async def ListVoices(
         self, request: tts_pb2.ListVoicesRequest, context: grpc.aio.ServicerContext

@@ -11,8 +11,9 @@ Threads: llama.cpp calls block, so each generation runs in one worker thread. Th
 not re-entrant: an asyncio lock admits one generation at a time, a bounded number wait, and
 the lock is released only when the worker thread has really finished, so a cancelled caller
 never lets the next one touch the model while its thread still runs. Between tokens the
-thread checks a stop flag set when the caller goes away (prompt decoding itself cannot be
-interrupted; it takes at most a few seconds).
+thread checks whether the caller has gone away (prompt decoding itself cannot be
+interrupted; it takes at most a few seconds). Tokens reach the caller through a
+``services.runtime.streams.Channel``, the thread's failure after them.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import ctypes
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ from typing import Any
 from services.llm.backends.base import BackendError, ChatMessage, Delta, Finish, GenerationParams
 from services.runtime.errors import InvalidArgument, ResourceExhausted
 from services.runtime.logging import get_logger
+from services.runtime.streams import Channel, ChannelClosed, EndOfStream, producing
 
 log = get_logger(__name__)
 
@@ -237,50 +239,40 @@ class LlamaCppBackend:
         finally:
             self._waiting -= 1
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Delta | Finish | BaseException] = asyncio.Queue()
-        stop = threading.Event()
-
-        def emit(item: Delta | Finish | BaseException) -> None:
-            try:
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-            except RuntimeError:  # the loop closed under us (shutdown): nobody is listening
-                stop.set()
-
+        out: Channel[Delta | Finish] = Channel()
         try:
-            future = loop.run_in_executor(self._executor, self._run, list(messages), params, stop, emit)
+            future = loop.run_in_executor(self._executor, self._run, list(messages), params, out)
         except BaseException:
             self._lock.release()
             raise
         # Released when the thread is done, whatever happens to this generator.
         future.add_done_callback(lambda _f: self._lock.release())
-        try:
+        # The thread's end ends the stream, with its error if it failed. Shielded: leaving
+        # the stream abandons the channel (the thread stops at its next token) but must not
+        # cancel the future, whose end is what releases the lock.
+        async with producing(out, asyncio.shield(future)):
             while True:
-                item = await queue.get()
-                if isinstance(item, InvalidArgument):
-                    raise item
-                if isinstance(item, BaseException):
-                    raise BackendError(f"llama.cpp failed: {type(item).__name__}: {item}") from item
+                try:
+                    item = await out.receive()
+                except EndOfStream:
+                    return
+                except InvalidArgument:
+                    raise
+                except Exception as exc:
+                    raise BackendError(f"llama.cpp failed: {type(exc).__name__}: {exc}") from exc
                 yield item
                 if isinstance(item, Finish):
                     return
-        finally:
-            stop.set()
 
-    def _run(
-        self,
-        messages: list[ChatMessage],
-        params: GenerationParams,
-        stop: threading.Event,
-        emit: Callable[[Delta | Finish | BaseException], None],
-    ) -> None:
+    def _run(self, messages: list[ChatMessage], params: GenerationParams, out: Channel[Delta | Finish]) -> None:
         self._running.set()
         stats = RunStats()
         self.last_run = stats  # filled in as it goes; final once ``running`` is False
         started = time.perf_counter()
         try:
-            self._generate(messages, params, stop, emit, stats)
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller's coroutine, which decides
-            emit(exc)
+            self._generate(messages, params, out, stats)
+        except ChannelClosed:  # the caller left (or the loop closed) as a piece was handed over
+            stats.cancelled = True
         finally:
             stats.seconds = time.perf_counter() - started
             self._running.clear()
@@ -289,8 +281,7 @@ class LlamaCppBackend:
         self,
         messages: list[ChatMessage],
         params: GenerationParams,
-        stop: threading.Event,
-        emit: Callable[[Delta | Finish | BaseException], None],
+        out: Channel[Delta | Finish],
         stats: RunStats,
     ) -> None:
         import llama_cpp
@@ -318,7 +309,7 @@ class LlamaCppBackend:
                 decoded = int(llama_cpp.llama_perf_context(ctx).n_p_eval)
                 if decoded > 0:
                     stats.prompt_tokens_evaluated = decoded
-            if stop.is_set():
+            if out.abandoned:  # the caller left
                 stats.cancelled = True
                 return
             if llama_cpp.llama_vocab_is_eog(vocab, token):
@@ -327,13 +318,13 @@ class LlamaCppBackend:
             stats.completion_tokens += 1
             piece = decoder.decode(llm.detokenize([token]))
             if piece:
-                emit(Delta(piece))
+                out.send_threadsafe(Delta(piece))
             if stats.completion_tokens >= params.max_tokens:
                 break
         tail = decoder.decode(b"", final=True)
         if tail:
-            emit(Delta(tail))
-        emit(
+            out.send_threadsafe(Delta(tail))
+        out.send_threadsafe(
             Finish(
                 "stop" if reason == "stop" else "length",
                 prompt_tokens=stats.prompt_tokens,

@@ -4,8 +4,11 @@ user stop talking).
 The gate closes when the first answer audio of a turn is *released to the client* (see
 ``turn.TurnOutput``), not when the TTS produces it: audio that is synthesised but held back
 (a turn not yet confirmed) is not playing, so it must not deafen the microphone. It opens
-when the client reports the playback finished (or, if it never does, when the audio's
-duration plus some slack has passed), plus a tail for the room's echo. With barge-in on, the
+when the client reports the playback finished (or, if it never does, when the answer is
+complete and its audio's duration plus some slack has passed), plus a tail for the room's
+echo. While the answer is still being produced the gate stays closed even if the audio sent
+so far has run out: on a loaded machine synthesis can fall behind playback, and the next
+piece would start playing into an open microphone. With barge-in on, the
 gate is still kept (it tells whether an answer is playing, so speech can cut it) but the
 microphone is never ignored and the client is not told about it.
 """
@@ -31,6 +34,7 @@ class MicGate:
         self.turn_id: str | None = None
         self._expected_end = 0.0
         self._finished_at: float | None = None
+        self._producing = False  # the turn's last chunk has not been sent yet
         self.changed = asyncio.Event()
 
     def audio_sent(self, turn_id: str, seconds: float, now: float) -> bool:
@@ -38,11 +42,18 @@ class MicGate:
         opened = self.turn_id != turn_id
         if opened:
             self.turn_id, self._expected_end, self._finished_at = turn_id, now, None
+            self._producing = True
         # The client plays chunks back to back; a chunk that arrives after the previous one
         # ended starts playing when it arrives.
         self._expected_end = max(self._expected_end, now) + seconds
         self.changed.set()
         return opened
+
+    def answer_done(self, turn_id: str) -> None:
+        """The turn's answer is complete (its last chunk was sent, or it ended otherwise)."""
+        if turn_id == self.turn_id and self._producing:
+            self._producing = False
+            self.changed.set()
 
     def playback_finished(self, turn_id: str, now: float) -> bool:
         if turn_id != self.turn_id or self._finished_at is not None:
@@ -52,12 +63,15 @@ class MicGate:
         return True
 
     def opens_at(self) -> float | None:
-        if self.turn_id is None:
+        """When the gate opens; None when it is open, or closed until the answer is complete."""
+        if self.turn_id is None or (self._producing and self._finished_at is None):
             return None
         end = self._finished_at if self._finished_at is not None else self._expected_end + self.slack
         return end + self.tail
 
     def closed(self, now: float) -> bool:
+        if self.turn_id is not None and self._producing and self._finished_at is None:
+            return True
         at = self.opens_at()
         return at is not None and now < at
 
@@ -91,6 +105,10 @@ class Gatekeeper:
         """An answer chunk went to the client: the first of its turn closes the gate."""
         if self.gate.audio_sent(turn_id, seconds, now) and self._announce is not None:
             self._announce(turn_id, pb.MicrophoneState(gated=True, reason="playback"))
+
+    def answer_done(self, turn_id: str) -> None:
+        """The turn's answer is complete: the gate can open once it has played."""
+        self.gate.answer_done(turn_id)
 
     def playback_finished(self, turn_id: str, now: float) -> None:
         """The client played the turn's last chunk (or stopped): only the tail remains."""

@@ -159,6 +159,7 @@ class TurnOutput:
             self._finished = interrupted
             return outcome
         TURNS.labels(outcome).inc()
+        self.gate.answer_done(turn.turn_id)  # an interrupted or failed answer is over too
         timing = turn.timing
         for stage, seconds in timing.items():
             TURN_LATENCY.labels(stage).observe(seconds)
@@ -186,6 +187,8 @@ class TurnOutput:
             return
         if audio_seconds is None:
             self.outbox.emit(self.turn.turn_id, **event)
+            if "reply_audio" in event and event["reply_audio"].is_last:
+                self.gate.answer_done(self.turn.turn_id)
             return
         now = time.monotonic()
         self.turn.mark("first_audio", now)

@@ -17,6 +17,7 @@ def test_gate_follows_audio_duration_when_client_never_reports() -> None:
     assert not gate.closed(0.0)
     assert gate.audio_sent("t1", 1.0, now=10.0) is True  # first chunk closes the gate
     assert gate.audio_sent("t1", 2.0, now=10.2) is False
+    gate.answer_done("t1")
     # Chunks play back to back: 10.0 + 1.0 + 2.0 = 13.0, plus slack and tail.
     assert gate.opens_at() == pytest.approx(13.8)
     assert gate.closed(13.7) and not gate.closed(13.81)
@@ -26,7 +27,27 @@ def test_gate_chunk_arriving_after_the_previous_ended_starts_then() -> None:
     gate = MicGate(tail=0.0, slack=0.0)
     gate.audio_sent("t1", 1.0, now=0.0)
     gate.audio_sent("t1", 1.0, now=5.0)  # a slow answer: silence between the clauses
+    gate.answer_done("t1")
     assert gate.opens_at() == pytest.approx(6.0)
+
+
+def test_gate_stays_closed_while_the_answer_is_produced() -> None:
+    # Synthesis fell behind: the audio sent so far has played out long ago, but more of the
+    # answer is coming, and it would play into an open microphone.
+    gate = MicGate(tail=0.3, slack=0.5)
+    gate.audio_sent("t1", 1.0, now=0.0)
+    assert gate.closed(100.0) and gate.opens_at() is None
+    gate.answer_done("t2")  # another turn's end changes nothing
+    assert gate.closed(100.0)
+    gate.answer_done("t1")
+    assert gate.opens_at() == pytest.approx(1.8) and not gate.closed(100.0)
+
+
+def test_a_client_report_opens_the_gate_even_mid_answer() -> None:
+    gate = MicGate(tail=0.3, slack=0.5)
+    gate.audio_sent("t1", 1.0, now=0.0)
+    gate.playback_finished("t1", now=2.0)  # the client stopped playing (or barged in)
+    assert gate.opens_at() == pytest.approx(2.3) and not gate.closed(2.4)
 
 
 def test_gate_opens_tail_after_client_reports_finished() -> None:

@@ -58,8 +58,8 @@ from services.models.store import ModelError, ModelStore
 from services.runtime.audio import Pcm, chunks, read_wav, resample_pcm16, silence
 from services.runtime.config import default_model_dir
 from services.stt.config import StreamingSettings
+from services.testkit.transcripts import normalise, word_error_rate
 from services.tts.text import IncrementalSplitter, SplitPolicy
-from tests.stt.conftest import normalise, word_error_rate
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "client" / "demo"

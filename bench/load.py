@@ -50,7 +50,7 @@ from parole.orchestrator.v1 import orchestrator_pb2 as opb
 from parole.orchestrator.v1 import orchestrator_pb2_grpc
 from services.fleet import Fleet
 from services.runtime.audio import Pcm, chunks, silence
-from tests.reliability.ledger import record
+from services.testkit.ledger import record
 
 REPO = Path(__file__).resolve().parent.parent
 PCM = audio_pb2.AUDIO_ENCODING_PCM_S16LE

@@ -5,7 +5,7 @@
                                           ``--soak-turns 1000`` for a longer soak than its 300)
 ``python -m bench.reliability --table-only``  rebuild docs/RELIABILITY.md from the last records
 
-Every check writes its outcome to the ledger (tests/reliability/ledger.py, JSON lines under
+Every check writes its outcome to the ledger (services/testkit/ledger.py, JSON lines under
 reports/reliability/); the table is generated from those records, never written by hand.
 """
 
@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tests.reliability.ledger import LEDGER_DIR, read_all
+from services.testkit.ledger import LEDGER_DIR, read_all
 
 REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs" / "RELIABILITY.md"

@@ -57,7 +57,7 @@ from bench.load import (
 )
 from parole.orchestrator.v1 import orchestrator_pb2_grpc
 from services.fleet import Fleet
-from tests.reliability.ledger import record
+from services.testkit.ledger import record
 
 REPO = Path(__file__).resolve().parent.parent
 

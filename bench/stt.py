@@ -57,8 +57,9 @@ from services.stt.config import StreamingSettings, SttServerSettings, SttSetting
 from services.stt.engine import DecodeOptions, SileroVad, WhisperEngine
 from services.stt.streaming import CheckTurn, Endpointer, SpeechEnded
 from services.stt.turn import SmartTurn
-from tests.speech import espeak, piper_joe, real_samples
-from tests.stt.conftest import normalise, paced_requests, slow_espeak, word_error_rate
+from services.testkit.speech import espeak, piper_joe, real_samples, slow_espeak
+from services.testkit.stt import paced_requests
+from services.testkit.transcripts import normalise, word_error_rate
 
 SPEECH_DIR = Path(os.environ.get("PAROLE_SPEECH_DIR", Path(__file__).resolve().parents[2] / "shared" / "speech"))
 JOE = [

@@ -32,8 +32,9 @@ from services.runtime.device import Placement
 from services.stt.app import build_engine
 from services.stt.config import EngineSettings
 from services.stt.engine import DecodeOptions, WhisperEngine
-from tests.speech import espeak, piper_joe
-from tests.stt.conftest import loopback_settings, normalise, word_error_rate
+from services.testkit.speech import espeak, piper_joe
+from services.testkit.stt import loopback_settings
+from services.testkit.transcripts import normalise, word_error_rate
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("PAROLE_SPEECH_DIR", REPO.parent / "shared" / "speech"))

@@ -1,7 +1,7 @@
 """``python -m client.demo.make``: recreates the demo questions and their manifest.
 
 English questions are spoken by the Piper joe voice (natural; needs ``make models``; from
-``tests/speech.py``, so this runs from a checkout), French ones by espeak-ng (the offline model
+``services.testkit.speech``), French ones by espeak-ng (the offline model
 set has no French Piper voice). Output: 16 kHz mono PCM16, silence trimmed, so each file stays
 small (< 100 KB).
 
@@ -59,7 +59,7 @@ def espeak_fr(text: str) -> Pcm:
 
 def synthesize(language: str, text: str, store: ModelStore) -> tuple[Pcm, str]:
     if language == "en":
-        from tests.speech import piper_joe
+        from services.testkit.speech import piper_joe
 
         return piper_joe(text, store, SPEECH_RATE), "piper en_US-joe-medium"
     return espeak_fr(text), "espeak-ng " + " ".join(ESPEAK_FR)

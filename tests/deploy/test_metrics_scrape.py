@@ -33,11 +33,11 @@ from services.orchestrator.config import OrchestratorSettings
 from services.runtime.config import ServerSettings, load_settings
 from services.runtime.gpu_metrics import install_gpu_metrics
 from services.runtime.server import start_app
+from services.testkit.speech import espeak
 from tests.deploy.conftest import COMPOSE_CPU, PAROLE_SERVICES, alert_exprs, dashboard_exprs, interpolate, load_yaml
 from tests.deploy.promql import metric_names
 from tests.deploy.test_gpu_metrics import FakeNvml
 from tests.deploy.test_static import adapter_series
-from tests.speech import espeak
 
 # The compose file's own knob for the embedded model: the tiny one keeps this test short.
 TEST_COMPOSE_VARS = {"PAROLE_LLM_MODEL": "smollm2-135m-instruct-q4_1"}

@@ -15,10 +15,10 @@ from parole.orchestrator.v1 import orchestrator_pb2 as pb
 from parole.stt.v1 import stt_pb2, stt_pb2_grpc
 from services.models.store import ModelStore
 from services.runtime.audio import read_wav
+from services.testkit.speech import espeak, piper_joe, real_samples
 from tests.conftest import REPO
 from tests.e2e.conftest import Orchestrator
 from tests.e2e.driver import Session, config, final_transcript, is_kind, last_audio
-from tests.speech import espeak, piper_joe, real_samples
 
 LONG_ANSWERS = "You are a storyteller. Always answer with at least four full sentences, in plain words."
 

@@ -39,10 +39,10 @@ from services.runtime.audio import read_wav
 from services.runtime.channel import ChannelSettings
 from services.runtime.config import ServerSettings
 from services.runtime.server import RunningServer, start_app
+from services.testkit.ledger import record
 from tests.e2e.driver import Session, config, final_transcript, is_kind
 from tests.faultproxy import FaultProxy
 from tests.llm.fake_ollama import FakeOllama
-from tests.reliability.ledger import record
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -40,9 +40,9 @@ from services.runtime.config import ServerSettings
 from services.runtime.server import RunningServer, start_app
 from services.stt.app import SttApp
 from services.stt.config import SttSettings
+from services.testkit.ledger import record
 from services.tts.app import build as build_tts
 from services.tts.config import TtsSettings
-from tests.reliability.ledger import record
 from tests.reliability.protofuzz import (
     Check,
     Tally,

@@ -21,8 +21,8 @@ import websockets.sync.client
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from services.testkit.ledger import record
 from tests.gateway.harness import API_KEY, VOICE, GatewayFleet, gateway_fleet
-from tests.reliability.ledger import record
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 WAV = (Path(__file__).resolve().parents[2] / "client" / "demo" / "en-two-plus-three.wav").read_bytes()

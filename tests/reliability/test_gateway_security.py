@@ -28,8 +28,8 @@ from services.gateway.app import GatewayApp
 from services.gateway.config import GatewayServerSettings, GatewaySettings, HttpSettings, WyomingSettings
 from services.runtime.config import TlsSettings
 from services.runtime.server import start_app
+from services.testkit.ledger import record
 from tests.pki import make_pki
-from tests.reliability.ledger import record
 
 KEY = "security-test-key-5f1c"
 DOWN = "127.0.0.1:9"  # discard port: nothing answers gRPC there

@@ -55,10 +55,10 @@ from services.runtime.config import ServerSettings, default_model_dir
 from services.runtime.server import RunningServer, start_app
 from services.stt.app import SttApp
 from services.stt.config import SttSettings
+from services.testkit.ledger import record
 from services.tts.app import build as build_tts
 from services.tts.config import TtsSettings
 from tests.pki import make_pki
-from tests.reliability.ledger import record
 
 NAMES = ("stt", "llm", "tts", "orchestrator")
 SERVICES: dict[str, ServiceDescriptor] = {

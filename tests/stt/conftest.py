@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import shutil
-import subprocess
-import time
-import unicodedata
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,57 +16,20 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from parole.audio.v1 import audio_pb2
 from parole.stt.v1 import stt_pb2, stt_pb2_grpc
 from services.models.store import ModelStore
-from services.runtime.audio import Pcm, chunks, read_wav_bytes, resample_pcm16, silence
+from services.runtime.audio import Pcm, chunks, silence
 from services.runtime.device import Placement
 from services.runtime.server import RunningServer, start_app
 from services.stt.app import SttApp, build_engine
-from services.stt.config import EngineSettings, SttServerSettings, SttSettings
+from services.stt.config import EngineSettings, SttSettings
 from services.stt.engine import Engine, WhisperEngine
 from services.stt.turn import SmartTurn, TurnDetector
-from tests.speech import espeak, piper_joe
+from services.testkit.speech import espeak, piper_joe, slow_espeak
+from services.testkit.stt import loopback_settings
+from services.testkit.transcripts import normalise
 
 JOE_TEXT = "Could you tell me how long it takes to drive to the airport?"
 FRENCH_TEXT = "Bonjour, je voudrais savoir quel temps il fera demain à Paris."
 FRENCH_KEY_WORDS = ("bonjour", "voudrais", "temps", "demain", "paris")
-
-
-def normalise(text: str) -> list[str]:
-    """Lowercase words without accents or punctuation, for comparing transcripts."""
-    text = unicodedata.normalize("NFKD", text.lower())
-    text = "".join(c for c in text if not unicodedata.combining(c))
-    return re.sub(r"[^a-z0-9' ]+", " ", text).replace("'", "").split()
-
-
-async def paced_requests(
-    cfg: stt_pb2.RecognitionConfig, audio: bytes, speech_end: float, marks: dict[str, float]
-) -> AsyncIterator[stt_pb2.StreamingRecognizeRequest]:
-    """Config, then 16 kHz audio at real-time pace: chunk i is sent once its 100 ms have "been
-    spoken". Records in ``marks["speech_end"]`` when the chunk holding ``speech_end`` left,
-    and in ``marks["start"]`` when the first chunk did: stream second x is then sent by
-    ``start + x``, as a microphone without buffering would."""
-    yield stt_pb2.StreamingRecognizeRequest(config=cfg)
-    start = marks["start"] = time.perf_counter()
-    for i, chunk in enumerate(chunks(audio, 16000)):
-        await asyncio.sleep(max(0.0, start + i * 0.1 - time.perf_counter()))
-        if "speech_end" not in marks and (i + 1) * 0.1 >= speech_end:
-            marks["speech_end"] = time.perf_counter()
-        yield stt_pb2.StreamingRecognizeRequest(audio=chunk)
-
-
-def word_error_rate(reference: str, hypothesis: str) -> float:
-    ref, hyp = normalise(reference), normalise(hypothesis)
-    row = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        prev, row[0] = row[0], i
-        for j, h in enumerate(hyp, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
-    return row[-1] / max(1, len(ref))
-
-
-def loopback_settings(**overrides: object) -> SttSettings:
-    """Settings for loopback servers: a free port, no metrics endpoint."""
-    base = {"server": SttServerSettings(host="127.0.0.1", port=0, metrics_port=None)}
-    return SttSettings(**{**base, **overrides})  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="session")
@@ -128,22 +87,10 @@ def joe_sentence(model_store: ModelStore) -> Pcm:
     return piper_joe(JOE_TEXT, model_store)
 
 
-def slow_espeak(text: str, voice: str, words_per_minute: int) -> Pcm:
-    """espeak-ng at a chosen pace. tests.speech.espeak speaks at 150 wpm, where Whisper base
-    garbles robotic French ("demain à Paris" → "de ma paille"); at 120 wpm with a male
-    variant it hears every word, which is closer to how a person talks to an assistant."""
-    exe = shutil.which("espeak-ng")
-    if exe is None:
-        pytest.skip("espeak-ng is not installed: run make install")
-    wav = subprocess.run(
-        [exe, "-v", voice, "-s", str(words_per_minute), "--stdout", text], capture_output=True, check=True
-    ).stdout
-    pcm = read_wav_bytes(wav)
-    return Pcm(resample_pcm16(pcm.data, pcm.sample_rate, 16000), 16000)
-
-
 @pytest.fixture(scope="session")
 def french_sentence() -> Pcm:
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed: run make install")
     return slow_espeak(FRENCH_TEXT, "fr+m3", 120)
 
 

@@ -19,14 +19,14 @@ from services.runtime.audio import Pcm, chunks, resample_pcm16, silence
 from services.runtime.errors import field_violations
 from services.stt.config import StreamingSettings
 from services.stt.engine import WhisperEngine
-from tests.speech import piper_joe
+from services.testkit.speech import piper_joe
+from services.testkit.stt import loopback_settings
+from services.testkit.transcripts import normalise
 from tests.stt.conftest import (
     Served,
     assert_serving,
     collect,
     config,
-    loopback_settings,
-    normalise,
     padded,
     serve,
     shutdown,

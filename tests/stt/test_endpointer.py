@@ -9,7 +9,7 @@ from services.runtime.audio import Pcm, pcm16_to_float, silence
 from services.stt.config import StreamingSettings
 from services.stt.engine import SileroVad
 from services.stt.streaming import WINDOW, Endpointer, EndpointEvent, Paused, Resumed, SpeechEnded, SpeechStarted
-from tests.speech import espeak
+from services.testkit.speech import espeak
 
 
 def trimmed(pcm: Pcm) -> np.ndarray:

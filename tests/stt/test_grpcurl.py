@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from services.runtime.audio import Pcm
-from tests.stt.conftest import normalise
+from services.testkit.transcripts import normalise
 
 REPO = Path(__file__).resolve().parents[2]
 GRPCURL = REPO / ".venv" / "bin" / "grpcurl"

@@ -10,18 +10,17 @@ import pytest
 from parole.audio.v1 import audio_pb2
 from parole.stt.v1 import stt_pb2
 from services.runtime.audio import Pcm, read_wav, silence, wav_bytes
-from tests.speech import espeak, real_samples
+from services.testkit.speech import espeak, real_samples
+from services.testkit.stt import paced_requests
+from services.testkit.transcripts import normalise, word_error_rate
 from tests.stt.conftest import (
     FRENCH_KEY_WORDS,
     JOE_TEXT,
     Served,
     collect,
     config,
-    normalise,
-    paced_requests,
     padded,
     stream_requests,
-    word_error_rate,
 )
 
 EVENT = stt_pb2.SpeechEventType

@@ -14,7 +14,9 @@ from services.runtime.audio import Pcm, silence
 from services.runtime.errors import ResourceExhausted
 from services.stt.engine import WhisperEngine
 from services.stt.recognizer import DecodeQueue
-from tests.stt.conftest import Served, config, loopback_settings, normalise, serve, shutdown
+from services.testkit.stt import loopback_settings
+from services.testkit.transcripts import normalise
+from tests.stt.conftest import Served, config, serve, shutdown
 from tests.stt.fakes import FaultyEngine, GatedEngine
 
 

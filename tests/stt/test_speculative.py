@@ -9,7 +9,9 @@ import time
 from client.demo import DEMO_DIR
 from parole.stt.v1 import stt_pb2
 from services.runtime.audio import read_wav, silence
-from tests.stt.conftest import Served, collect, config, normalise, paced_requests, stream_requests
+from services.testkit.stt import paced_requests
+from services.testkit.transcripts import normalise
+from tests.stt.conftest import Served, collect, config, stream_requests
 
 SILENCE = stt_pb2.ENDPOINTING_MODE_SILENCE
 

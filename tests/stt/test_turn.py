@@ -25,7 +25,9 @@ from services.stt.config import StreamingSettings, SttSettings, TurnSettings
 from services.stt.engine import SileroVad, WhisperEngine
 from services.stt.streaming import WINDOW, CheckTurn, Endpointer, EndpointEvent, Paused, SpeechEnded
 from services.stt.turn import SAMPLES, SmartTurn, TurnVerdict, features, mel_filters
-from tests.stt.conftest import Served, collect, config, loopback_settings, normalise, serve, shutdown, stream_requests
+from services.testkit.stt import loopback_settings
+from services.testkit.transcripts import normalise
+from tests.stt.conftest import Served, collect, config, serve, shutdown, stream_requests
 
 REASON = stt_pb2.EndOfTurnReason
 MODE = stt_pb2.EndpointingMode

@@ -14,7 +14,7 @@ import pytest
 from client.demo import DEMO_DIR
 from services.runtime.audio import pcm16_to_float, read_wav, resample_pcm16
 from services.stt.engine import FULL_WINDOW_SECONDS, DecodeOptions, WhisperEngine, _degenerate
-from tests.stt.conftest import normalise, word_error_rate
+from services.testkit.transcripts import normalise, word_error_rate
 
 
 @pytest.fixture

@@ -41,12 +41,13 @@ class KokoroSettings(BaseModel):
     enabled: bool = True
     """Offer the Kokoro voices when the model is assembled (``python -m services.models
     assemble kokoro``); missing files only log a warning and French falls back to espeak-ng."""
-    threads: int = Field(default=1, ge=0)
-    """onnxruntime threads per synthesis (0: ``device.threads``, else every core). One by
-    default: the first pieces are spoken while the LLM still writes the answer on the same
-    cores, and llama.cpp's threads wait on each other, so a second Kokoro thread (a lone
-    piece 1.5-1.7x faster) takes the LLM's core away. bench.tts measures both sides; on a
-    shared machine the result is dominated by the other load (see the README)."""
+    threads: int = Field(default=0, ge=0)
+    """onnxruntime threads per synthesis (0: ``device.threads``, else every core). Kokoro
+    needs every core of a 2-core CPU to speak faster than real time: with one thread it ran at
+    about real time, so French answers stalled mid-sentence (bench.e2e, 8 French questions:
+    0.82 s of silence per answer on average and 3 of 8 stalling, against none with two threads,
+    and first audio p50 3.28 s against 3.08 s). The LLM writes on the same cores meanwhile and
+    slows down, but stays well ahead of speech."""
     blends: list[str] = Field(default_factory=lambda: ["jf_gongitsune*0.5+jf_nezumi*0.5"])
     """Style blends listed by ListVoices beside the named styles (``style*weight+...``; an
     unknown style stops the start-up, naming the styles there are); a request may name any

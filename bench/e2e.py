@@ -47,6 +47,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from client.converse import ConverseStream, answer_audio, final_transcript, is_kind
 from parole.audio.v1 import audio_pb2
 from parole.llm.v1 import llm_pb2, llm_pb2_grpc
 from parole.orchestrator.v1 import orchestrator_pb2 as opb
@@ -55,7 +56,7 @@ from parole.stt.v1 import stt_pb2, stt_pb2_grpc
 from parole.tts.v1 import tts_pb2, tts_pb2_grpc
 from services.fleet import Fleet
 from services.models.store import ModelError, ModelStore
-from services.runtime.audio import Pcm, chunks, read_wav, resample_pcm16, silence
+from services.runtime.audio import Pcm, read_wav, resample_pcm16, silence
 from services.runtime.config import default_model_dir
 from services.stt.config import StreamingSettings
 from services.testkit.transcripts import normalise, word_error_rate
@@ -120,64 +121,32 @@ def percentile(values: list[float], q: float) -> float:
 async def streamed_turn(stub: Any, language: str, pcm: Pcm) -> dict[str, Any]:
     """One spoken turn through the orchestrator, timed at the client. After the question the
     microphone keeps sending silence, as a live one would, until the turn's latency report."""
-    out: asyncio.Queue[opb.ConverseRequest | None] = asyncio.Queue()
     fmt = audio_pb2.AudioFormat(sample_rate_hz=16000, encoding=PCM)
-    out.put_nowait(
-        opb.ConverseRequest(
-            config=opb.SessionConfig(language=language, input_format=fmt, session_id=f"bench-{uuid.uuid4().hex[:12]}")
-        )
-    )
-
-    async def requests() -> Any:
-        while (r := await out.get()) is not None:
-            yield r
-
-    call = stub.Converse(requests())
-    ended = 0.0
-
-    spoken = speech_end(pcm)
+    config = opb.SessionConfig(language=language, input_format=fmt, session_id=f"bench-{uuid.uuid4().hex[:12]}")
+    stream = ConverseStream(stub, config)
+    stream.open()
+    ended: list[float] = []  # when the user stopped talking
 
     async def send() -> None:
-        nonlocal ended
-        position = 0.0
-        for c in chunks(pcm.data, 16000):
-            out.put_nowait(opb.ConverseRequest(audio=c))
-            position += len(c) / 32000
-            if not ended and position >= spoken:
-                # A microphone delivers a chunk once it is recorded: the user stopped talking
-                # (position - spoken) seconds before this chunk left. Taking the real send time
-                # keeps timer drift out of the measurement.
-                ended = time.monotonic() - (position - spoken)
-            await asyncio.sleep(len(c) / 32000)
-        tail = chunks(silence(0.1), 16000)[0]
-        for _ in range(MAX_SILENCE_CHUNKS):
-            out.put_nowait(opb.ConverseRequest(audio=tail))
-            await asyncio.sleep(len(tail) / 32000)
+        await stream.stream_audio(pcm.data, mark=(speech_end(pcm), ended.append))
+        await stream.stream_audio(silence(MAX_SILENCE_CHUNKS / 10))
 
     sender = asyncio.create_task(send())
-    first_audio = None
-    finals: list[str] = []
-    latency = None
     try:
-        async for msg in call:
-            kind = msg.WhichOneof("event")
-            if kind == "reply_audio" and msg.reply_audio.audio and first_audio is None:
-                first_audio = time.monotonic()
-            elif kind == "transcript" and msg.transcript.is_final:
-                finals.append(msg.transcript.text)
-            elif kind == "latency":
-                latency = msg.latency
-                break
+        latency_event = await stream.wait_for(is_kind("latency"), timeout=None)
     finally:
         sender.cancel()
-        out.put_nowait(None)
-        call.cancel()
-    assert latency is not None and first_audio is not None, "the turn produced no audio"
+        stream.cancel()
+    events = stream.events[: next(i for i, (_, m) in enumerate(stream.events) if m is latency_event)]
+    first_audio = next((t for t, m in events if answer_audio(m)), None)
+    finals = [m.transcript.text for _, m in events if final_transcript(m)]
+    latency = latency_event.latency
+    assert first_audio is not None, "the turn produced no audio"
     return {
         "transcript": " ".join(finals),
         "finals": len(finals),
         "reply": latency.reply_text,
-        "time_to_first_audio_s": first_audio - ended,
+        "time_to_first_audio_s": first_audio - ended[0],
         "server": {
             "final_transcript_s": latency.final_transcript_seconds,
             "first_token_s": latency.first_token_seconds,

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import csv
 import json
 import os
@@ -35,7 +34,7 @@ import platform
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,11 +44,12 @@ import grpc
 
 from bench.e2e import DEMO, percentile, questions, speech_end
 from bench.e2e import fleet as e2e_fleet
+from client.converse import ConverseStream
 from parole.audio.v1 import audio_pb2
 from parole.orchestrator.v1 import orchestrator_pb2 as opb
 from parole.orchestrator.v1 import orchestrator_pb2_grpc
 from services.fleet import Fleet
-from services.runtime.audio import Pcm, chunks, silence
+from services.runtime.audio import Pcm, silence
 from services.testkit.ledger import record
 
 REPO = Path(__file__).resolve().parent.parent
@@ -149,94 +149,65 @@ class Talker:
     """One conversation held like a client: speaks or types turns one at a time, reports
     playback, honours the microphone gate. ``playback``: "realtime" reports FINISHED once the
     answer's audio would have played; "instant" as soon as the turn's audio has all arrived
-    (a headless client; soak uses it to fit hundreds of turns)."""
+    (a headless client; soak uses it to fit hundreds of turns). The stream is the client's
+    ``ConverseStream``."""
 
     def __init__(
         self,
-        stub: orchestrator_pb2_grpc.OrchestratorServiceStub,
+        stub: orchestrator_pb2_grpc.OrchestratorServiceAsyncStub,
         language: str,
         *,
         playback: Literal["realtime", "instant"] = "realtime",
         turn_timeout: float = 90.0,
         gate_timeout: float = 15.0,
     ) -> None:
-        self.stub = stub
         self.language = language
         self.playback = playback
         self.turn_timeout = turn_timeout
         self.gate_timeout = gate_timeout
         self.session_id = f"load-{uuid.uuid4().hex[:12]}"
-        self._out: asyncio.Queue[opb.ConverseRequest | None] = asyncio.Queue()
+        fmt = audio_pb2.AudioFormat(sample_rate_hz=16000, encoding=PCM)
+        config = opb.SessionConfig(language=language, input_format=fmt, session_id=self.session_id)
+        self.stream = ConverseStream(stub, config, on_event=self._on, record=False)
         self._turn: _TurnState | None = None
         self._finished: set[str] = set()
         self._mic_open = asyncio.Event()
         self._mic_open.set()
-        self._started = asyncio.Event()
-        self.ended: str | None = None
-        self._call: Any = None
-        self._reader: asyncio.Task[None] | None = None
 
-    async def _requests(self) -> AsyncIterator[opb.ConverseRequest]:
-        while (r := await self._out.get()) is not None:
-            yield r
+    @property
+    def ended(self) -> str | None:
+        """How the stream ended ("closed", "rpc:CODE", "cancelled"); None while it is open."""
+        stream = self.stream
+        if not stream.done.is_set():
+            return None
+        if stream.error is not None:
+            return f"rpc:{stream.error.code().name}"
+        if stream.failure is not None:
+            return f"failure:{type(stream.failure).__name__}"
+        return "cancelled" if stream.cancelled else "closed"
 
     async def open(self, timeout: float = 30.0) -> None:
-        fmt = audio_pb2.AudioFormat(sample_rate_hz=16000, encoding=PCM)
-        self._out.put_nowait(
-            opb.ConverseRequest(
-                config=opb.SessionConfig(language=self.language, input_format=fmt, session_id=self.session_id)
-            )
-        )
-        # The async stub takes an async iterator; the generated stubs only declare a sync one.
-        self._call = self.stub.Converse(self._requests())  # type: ignore[arg-type]
-        self._reader = asyncio.create_task(self._read(), name=f"read-{self.session_id}")
-        started = asyncio.create_task(self._started.wait())
-        await asyncio.wait({started, self._reader}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        started.cancel()
-        if not self._started.is_set():
+        self.stream.open()
+        if await self.stream.started(timeout) is None:
             raise SessionEnded(self.ended or "timeout:session_start")
 
     async def close(self, grace: float = 10.0) -> None:
         """Closes the request side and waits for the server to end the stream."""
-        self._out.put_nowait(None)
-        if self._reader is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(self._reader), timeout=grace)
-            except TimeoutError:
-                self._call.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._reader
+        await self.stream.close(grace)
 
-    async def _read(self) -> None:
-        try:
-            async for msg in self._call:
-                self._on(msg, time.monotonic())
-            self.ended = "closed"
-        except grpc.aio.AioRpcError as err:
-            self.ended = f"rpc:{err.code().name}"
-        except asyncio.CancelledError:
-            self.ended = "cancelled"
-        finally:
-            if self._turn is not None:
-                self._turn.done.set()
-            self._mic_open.set()
-
-    def _on(self, msg: opb.ConverseResponse, now: float) -> None:
+    async def _on(self, msg: opb.ConverseResponse, now: float) -> None:
         kind = msg.WhichOneof("event")
-        if kind == "session_started":
-            self._started.set()
-            return
         if kind == "microphone":
             (self._mic_open.clear if msg.microphone.gated else self._mic_open.set)()
             return
         turn = self._turn
-        if turn is None or (msg.turn_id and msg.turn_id in self._finished):
+        if kind == "session_started" or turn is None or (msg.turn_id and msg.turn_id in self._finished):
             return  # session-level news, or a late message of a turn already accounted for
         if msg.turn_id and not turn.turn_id:
             turn.turn_id = msg.turn_id
         if kind == "reply_audio" and msg.reply_audio.audio and turn.first_audio is None:
             turn.first_audio = now
-            self._send_playback(opb.PLAYBACK_EVENT_TYPE_STARTED, msg.turn_id)
+            self.stream.playback(opb.PLAYBACK_EVENT_TYPE_STARTED, msg.turn_id)
         elif kind == "latency":
             turn.latency = msg.latency
             turn.done.set()
@@ -249,13 +220,9 @@ class Talker:
                 turn.error = f"stage:{label}"
                 turn.done.set()
 
-    def _send_playback(self, kind: opb.PlaybackEventType.ValueType, turn_id: str) -> None:
-        self._out.put_nowait(opb.ConverseRequest(playback=opb.PlaybackEvent(type=kind, turn_id=turn_id)))
-
     async def _await_turn(self, result: TurnResult, turn: _TurnState, started: float, ended: float) -> TurnResult:
         remaining = max(0.0, started + self.turn_timeout - time.monotonic())
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(turn.done.wait(), timeout=remaining)
+        await self.stream.until(turn.done, remaining)  # the turn's end, the stream's, or the timeout
         self._turn = None
         if turn.turn_id:
             self._finished.add(turn.turn_id)
@@ -288,15 +255,14 @@ class Talker:
             return
         if self.playback == "realtime":
             await asyncio.sleep(max(0.0, turn.first_audio + lat.audio_seconds - time.monotonic()))
-        self._send_playback(opb.PLAYBACK_EVENT_TYPE_FINISHED, turn.turn_id)
+        self.stream.playback(opb.PLAYBACK_EVENT_TYPE_FINISHED, turn.turn_id)
         await self.wait_mic()
 
     async def wait_mic(self) -> None:
-        """Waits for the microphone gate to open; a gate stuck closed is a session error."""
-        try:
-            await asyncio.wait_for(self._mic_open.wait(), timeout=self.gate_timeout)
-        except TimeoutError:
-            raise SessionEnded("gate_stuck") from None
+        """Waits for the microphone gate to open (or the stream to end); a gate stuck closed is
+        a session error."""
+        if not await self.stream.until(self._mic_open, self.gate_timeout) and not self.stream.ended:
+            raise SessionEnded("gate_stuck")
 
     def _check_open(self) -> None:
         if self.ended is not None:
@@ -309,15 +275,13 @@ class Talker:
         turn = self._turn = _TurnState()
         started = time.monotonic()
         spoken = speech_end(pcm)
-        for c in chunks(pcm.data, 16000):
-            self._out.put_nowait(opb.ConverseRequest(audio=c))
-            await asyncio.sleep(len(c) / 32000)
+        await self.stream.stream_audio(pcm.data, pcm.sample_rate)
         ended = started + spoken  # the last speech sample left at real-time pace
-        for c in chunks(silence(TRAILING_SILENCE_S), 16000):
-            if turn.done.is_set() or turn.first_audio is not None:
-                break  # answered already: a client's microphone would be gated now anyway
-            self._out.put_nowait(opb.ConverseRequest(audio=c))
-            await asyncio.sleep(len(c) / 32000)
+
+        def answered() -> bool:  # a client's microphone would be gated now anyway
+            return turn.done.is_set() or turn.first_audio is not None
+
+        await self.stream.stream_audio(silence(TRAILING_SILENCE_S), until=answered)
         return await self._await_turn(TurnResult("spoken", name, "lost"), turn, started, ended)
 
     async def type(self, text: str) -> TurnResult:
@@ -326,7 +290,7 @@ class Talker:
         await self.wait_mic()
         turn = self._turn = _TurnState()
         started = time.monotonic()
-        self._out.put_nowait(opb.ConverseRequest(text=text))
+        self.stream.send_text(text)
         return await self._await_turn(TurnResult("typed", text, "lost"), turn, started, started)
 
 
@@ -360,7 +324,7 @@ def summarize(turns: Sequence[TurnResult]) -> dict[str, Any]:
 
 
 async def _conversation(
-    stub: orchestrator_pb2_grpc.OrchestratorServiceStub,
+    stub: orchestrator_pb2_grpc.OrchestratorServiceAsyncStub,
     language: str,
     spoken: Sequence[tuple[str, Pcm]],
     deadline: float,

@@ -120,7 +120,7 @@ def analyse(
 
 
 async def _session(
-    stub: orchestrator_pb2_grpc.OrchestratorServiceStub, language: str, turns: int, spoken_every: int, start: int
+    stub: orchestrator_pb2_grpc.OrchestratorServiceAsyncStub, language: str, turns: int, spoken_every: int, start: int
 ) -> list[TurnResult]:
     spoken = spoken_questions()[language]
     typed = typed_questions()[language]

@@ -21,7 +21,8 @@ from typing import Any, TextIO
 
 from pydantic import SecretStr
 
-from client.conversation import AudioSink, Conversation, ConversationError, Response, SessionOptions, Turn
+from client.conversation import AudioSink, Conversation, ConversationError, SessionOptions, Turn
+from client.converse import Response
 from client.report import Rater, Rating, describe_turn, latency_table, save_report, session_report
 from client.sinks import VirtualSink
 from services.runtime.audio import Pcm, read_wav

@@ -4,7 +4,8 @@ A ``Conversation`` sends the session config, then microphone audio (or typed tur
 plays the answer through an ``AudioSink`` as it streams in, telling the server when playback
 started and finished so it can gate the microphone. The audio devices (PyAudio), WAV files
 and the terminal are plugged in from outside, so the whole client is testable against a fake
-server without a sound card.
+server without a sound card. The stream itself (requests, events, the session's end) is
+``client.converse.ConverseStream``, the one Converse client.
 """
 
 from __future__ import annotations
@@ -17,19 +18,18 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import grpc
 
+from client.converse import ConverseStream, Response
 from parole.audio.v1 import audio_pb2
 from parole.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from services.runtime.audio import SPEECH_RATE, Pcm, chunks, resample_pcm16, silence
+from services.runtime.streams import Channel
 
 CHUNK_MS = 100
 """Streaming unit: 100 ms of microphone audio per message (3,200 bytes at 16 kHz)."""
-
-Response = orchestrator_pb2.ConverseResponse
-Request = orchestrator_pb2.ConverseRequest
 
 
 class ConversationError(RuntimeError):
@@ -150,7 +150,7 @@ class _Player:
     def __init__(self, conversation: Conversation, turn: Turn) -> None:
         self.conversation = conversation
         self.turn = turn
-        self.queue: asyncio.Queue[orchestrator_pb2.ReplyAudio] = asyncio.Queue()
+        self.chunks: Channel[orchestrator_pb2.ReplyAudio] = Channel()
         self.started = False
         self.done = asyncio.Event()
         self.task = asyncio.create_task(self._run(), name=f"play-{turn.turn_id}")
@@ -159,14 +159,13 @@ class _Player:
         conv, turn = self.conversation, self.turn
         stopped = True
         try:
-            while True:
-                chunk = await self.queue.get()
+            async for chunk in self.chunks:
                 if not self.started:
                     # STARTED goes out as the first chunk begins to sound: the server gates the
                     # microphone from then on.
                     self.started = True
                     turn.playback_started = time.monotonic()
-                    conv._send_playback(orchestrator_pb2.PLAYBACK_EVENT_TYPE_STARTED, turn.turn_id)
+                    conv.playback(orchestrator_pb2.PLAYBACK_EVENT_TYPE_STARTED, turn.turn_id)
                 if chunk.audio:
                     await conv.sink.play(turn.turn_id, chunk.audio, chunk.format.sample_rate_hz or turn.reply_rate)
                 if chunk.is_last:
@@ -177,7 +176,7 @@ class _Player:
             # server must hear FINISHED either way, or it keeps the microphone gated.
             turn.playback_finished = time.monotonic()
             if self.started:
-                conv._send_playback(orchestrator_pb2.PLAYBACK_EVENT_TYPE_FINISHED, turn.turn_id)
+                conv.playback(orchestrator_pb2.PLAYBACK_EVENT_TYPE_FINISHED, turn.turn_id)
             with contextlib.suppress(Exception):
                 turn.reply_wav = await asyncio.shield(conv.sink.finish(turn.turn_id, stopped))
             self.done.set()
@@ -188,11 +187,13 @@ class _Player:
             await self.task
 
 
-class Conversation:
-    """A Converse session against the orchestrator.
+class Conversation(ConverseStream):
+    """A Converse session against the orchestrator, as turns played through an audio sink.
 
     ``async with Conversation(channel, options, sink) as conv:`` opens the stream and waits for
     SESSION_STARTED; then ``speak``/``ask`` run one turn each, or ``live`` streams a microphone.
+    Sending (audio chunks, typed turns, controls) and the session's end come from
+    ``ConverseStream``.
     """
 
     def __init__(
@@ -206,27 +207,21 @@ class Conversation:
         on_turn: Callable[[Turn], None] | None = None,
         start_timeout: float = 30.0,
     ) -> None:
-        self.stub = orchestrator_pb2_grpc.OrchestratorServiceStub(channel)
+        stub = orchestrator_pb2_grpc.OrchestratorServiceStub(channel)
+        super().__init__(stub, options.config(input_rate), on_event=self._handle, record=False)
         self.options = options
         self.sink = sink
         self.input_rate = input_rate
-        self.on_event = on_event
+        self.listener = on_event
         self.on_turn = on_turn
         self.start_timeout = start_timeout
-        self.session: orchestrator_pb2.SessionStarted | None = None
         self.turns: list[Turn] = []
         self.microphone_gated = False
         self.mic_open = asyncio.Event()
         self.mic_open.set()
         self._by_id: dict[str, Turn] = {}
         self._players: dict[str, _Player] = {}
-        self._completed: asyncio.Queue[Turn] = asyncio.Queue()
-        self._requests: asyncio.Queue[Request | None] = asyncio.Queue()
-        self._started = asyncio.Event()
-        self._call: Any = None
-        self._reader: asyncio.Task[None] | None = None
-        self._failure: BaseException | None = None
-        self._ended = asyncio.Event()
+        self._completed: Channel[Turn] = Channel()
         self._pending_input_sent: float | None = None
         self._pending_input: str = ""
         self._speech: collections.deque[bytes] = collections.deque()
@@ -244,95 +239,24 @@ class Conversation:
 
     async def start(self) -> orchestrator_pb2.SessionStarted:
         """Opens the stream (config first) and waits for the server's SESSION_STARTED."""
-        self._call = self.stub.Converse(self._request_stream())
-        self._reader = asyncio.create_task(self._read(), name="converse-read")
-        waiter = asyncio.create_task(self._started.wait())
-        await asyncio.wait({waiter, self._reader}, timeout=self.start_timeout, return_when=asyncio.FIRST_COMPLETED)
-        waiter.cancel()
-        if self.session is None:
+        self.open()
+        session = await self.started(self.start_timeout)
+        if session is None:
             await self.close()
-            raise ConversationError(self._failure_text() or f"no session started within {self.start_timeout:.0f} s")
-        return self.session
+            raise ConversationError(self.failure_text() or f"no session started within {self.start_timeout:.0f} s")
+        return session
 
-    async def close(self, grace: float = 10.0) -> None:
+    async def close(self, grace: float = 10.0) -> bool:
         """Ends the request stream, lets the server finish, and stops playback."""
-        self._requests.put_nowait(None)
-        if self._reader is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(self._reader), grace)
-            except TimeoutError:
-                self._reader.cancel()
-                if self._call is not None:
-                    self._call.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._reader
+        ended = await super().close(grace)
         for task in [self._pump, *(p.task for p in self._players.values())]:
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-
-    async def _request_stream(self) -> AsyncIterator[Request]:
-        yield Request(config=self.options.config(self.input_rate))
-        while True:
-            item = await self._requests.get()
-            if item is None:
-                return
-            yield item
-
-    def _send(self, request: Request) -> None:
-        if not self._ended.is_set():
-            self._requests.put_nowait(request)
-
-    def _send_playback(self, kind: orchestrator_pb2.PlaybackEventType.ValueType, turn_id: str) -> None:
-        self._send(Request(playback=orchestrator_pb2.PlaybackEvent(type=kind, turn_id=turn_id)))
-
-    def send_audio(self, pcm: bytes) -> None:
-        """Queues one chunk of microphone audio (the caller paces it)."""
-        self._send(Request(audio=pcm))
-
-    def interrupt(self) -> None:
-        """Asks the server to stop the current answer (push-to-talk)."""
-        self._send(Request(control=orchestrator_pb2.Control(interrupt=True)))
-
-    def end_of_turn(self) -> None:
-        """Tells the server the user has finished speaking (push-to-talk released): the
-        utterance in progress ends now instead of after the server's silence."""
-        self._send(Request(control=orchestrator_pb2.Control(end_of_turn=True)))
-
-    @property
-    def ended(self) -> bool:
-        """True once the session is over: the server closed the stream, or it broke."""
-        return self._ended.is_set()
-
-    async def wait_ended(self) -> str:
-        """Waits until the session is over; returns why it failed ("" when it ended cleanly)."""
-        await self._ended.wait()
-        return self._failure_text()
-
-    def send_text(self, text: str) -> None:
-        """Queues a typed turn without waiting for its answer (``ask`` waits for it)."""
-        self._send(Request(text=text))
+        return ended
 
     # -- responses ----------------------------------------------------------------------------
-
-    async def _read(self) -> None:
-        try:
-            async for response in self._call:
-                await self._handle(response)
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() != grpc.StatusCode.CANCELLED:
-                self._failure = exc
-        except Exception as exc:  # noqa: BLE001 - any failure ends the session; callers see it
-            self._failure = exc
-        finally:
-            self._ended.set()
-
-    def _failure_text(self) -> str:
-        exc = self._failure
-        if isinstance(exc, grpc.aio.AioRpcError):
-            return f"{exc.code().name}: {exc.details()}"
-        return repr(exc) if exc is not None else ""
 
     def _turn(self, turn_id: str) -> Turn:
         turn = self._by_id.get(turn_id)
@@ -342,14 +266,12 @@ class Conversation:
             self.turns.append(turn)
         return turn
 
-    async def _handle(self, r: Response) -> None:
+    async def _handle(self, r: Response, at: float) -> None:
         kind = r.WhichOneof("event")
-        if self.on_event is not None:
-            self.on_event(r)
+        if self.listener is not None:
+            self.listener(r)
         if kind == "session_started":
-            self.session = r.session_started
-            self._started.set()
-            return
+            return  # ConverseStream keeps it (self.session)
         if kind == "microphone":
             self.microphone_gated = r.microphone.gated
             if r.microphone.gated:
@@ -369,7 +291,7 @@ class Conversation:
                 self.turns.append(orphan)
                 if self.on_turn is not None:
                     self.on_turn(orphan)
-                self._completed.put_nowait(orphan)
+                self._completed.send_nowait(orphan)
             return
         turn = self._turn(r.turn_id)
         if kind == "transcript":
@@ -413,7 +335,7 @@ class Conversation:
         player = self._players.get(turn.turn_id)
         if player is None:
             player = self._players[turn.turn_id] = _Player(self, turn)
-        player.queue.put_nowait(chunk)
+        player.chunks.send_nowait(chunk)
 
     async def _complete(self, turn: Turn, grace: float = 0.0) -> None:
         """Hands a turn to the caller once its latency arrived and its audio finished playing."""
@@ -432,18 +354,18 @@ class Conversation:
         turn.finished_at = _now()
         if self.on_turn is not None:
             self.on_turn(turn)
-        self._completed.put_nowait(turn)
+        self._completed.send_nowait(turn)
 
     # -- turns --------------------------------------------------------------------------------
 
     def _raise_if_ended(self) -> None:
-        if self._ended.is_set():
-            raise ConversationError(f"the session ended: {self._failure_text() or 'server closed the stream'}")
+        if self.done.is_set():
+            raise ConversationError(f"the session ended: {self.failure_text() or 'server closed the stream'}")
 
     async def next_turn(self, within: float) -> Turn | None:
         """The next completed turn (audio played out), or None after ``within`` seconds."""
-        getter = asyncio.create_task(self._completed.get())
-        ended = asyncio.create_task(self._ended.wait())
+        getter = asyncio.create_task(self._completed.receive())
+        ended = asyncio.create_task(self.done.wait())
         done, _ = await asyncio.wait({getter, ended}, timeout=within, return_when=asyncio.FIRST_COMPLETED)
         ended.cancel()
         if getter in done:
@@ -460,17 +382,11 @@ class Conversation:
 
     def _drain_completed(self) -> None:
         # Turns nobody waited for (a stray noise, a late error) must not answer the next question.
-        while not self._completed.empty():
-            self._completed.get_nowait()
+        self._completed.clear()
 
     async def _until(self, event: asyncio.Event) -> None:
         """Waits for ``event``, or raises if the session ends first."""
-        waiter = asyncio.create_task(event.wait())
-        ended = asyncio.create_task(self._ended.wait())
-        await asyncio.wait({waiter, ended}, return_when=asyncio.FIRST_COMPLETED)
-        waiter.cancel()
-        ended.cancel()
-        if not event.is_set():
+        if not await self.until(event):
             self._raise_if_ended()
 
     def _ensure_pump(self) -> None:
@@ -485,7 +401,7 @@ class Conversation:
         """
         quiet = silence(CHUNK_MS / 1000, self.input_rate)
         pacer = _Pacer(CHUNK_MS / 1000)
-        while not self._ended.is_set():
+        while not self.done.is_set():
             await pacer.tick()
             if self._speech:
                 self.send_audio(self._speech.popleft())
@@ -528,7 +444,7 @@ class Conversation:
         self._raise_if_ended()
         self._drain_completed()
         self._pending_input, self._pending_input_sent = text, time.monotonic()
-        self._send(Request(text=text))
+        self.send_text(text)
         return await self.next_turn(turn_timeout)
 
     async def live(self, source: AudioSource, muted: asyncio.Event | None = None) -> None:
@@ -539,7 +455,7 @@ class Conversation:
         """
         self._pending_input, self._pending_input_sent = "microphone", None
         async for frame in source.frames():
-            if self._ended.is_set():
+            if self.done.is_set():
                 break
             self.send_audio(bytes(len(frame)) if muted is not None and muted.is_set() else frame)
         self._raise_if_ended()

@@ -211,7 +211,7 @@ async def test_stt_down_keeps_the_session_open(
     assert isinstance(fleet, Fleet)
     await fleet.proxies["stt"].kill()
     s = Session(orchestrator.stub, config(language="en"))
-    await s.send_audio(piper_joe("Hello?", model_store).data)
+    await s.stream_audio(piper_joe("Hello?", model_store).data)
     err = await s.wait_for(is_kind("error"), timeout=30)
     assert err.error.stage == pb.STAGE_STT and not err.error.degraded and err.error.code == "UNAVAILABLE"
     s.send_text("Are you there?")  # typed turns still work

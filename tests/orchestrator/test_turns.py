@@ -89,7 +89,7 @@ async def test_a_final_with_words_becomes_a_turn_timed_from_the_end_of_speech(ha
     await started(s)
     async with asyncio.timeout(WAIT):
         await stt.connected.wait()
-    await s.send_audio(silence(1.0), realtime=False)
+    await s.stream_audio(silence(1.0), realtime=False)
     async with asyncio.timeout(WAIT):
         while stt.audio_bytes < 32000:  # the whole second reached the STT stream
             stt.audio_arrived.clear()
@@ -261,7 +261,7 @@ async def test_the_gate_closes_on_the_first_released_audio_and_opens_after_playb
     assert after.WhichOneof("event") == "reply_audio" and after.reply_audio.sequence == 0
     # Closed: the microphone is ignored (counted) and nothing reaches the STT.
     gated_before, heard_before = gated_audio_seconds(), stt.audio_bytes
-    await s.send_audio(silence(0.5), realtime=False)
+    await s.stream_audio(silence(0.5), realtime=False)
     s.playback(pb.PLAYBACK_EVENT_TYPE_FINISHED, record.turn_id)
     tail = await s.wait_for(microphone(True, "tail"), timeout=WAIT)  # also the barrier: audio came first
     assert gated_audio_seconds() - gated_before == pytest.approx(0.5)
@@ -271,7 +271,7 @@ async def test_the_gate_closes_on_the_first_released_audio_and_opens_after_playb
     assert 0.19 <= opened.session_seconds - tail.session_seconds < 10
     # Open: the microphone reaches the STT again.
     stt.audio_arrived.clear()
-    await s.send_audio(silence(0.2), realtime=False)
+    await s.stream_audio(silence(0.2), realtime=False)
     async with asyncio.timeout(WAIT):
         await stt.audio_arrived.wait()
     assert stt.audio_bytes > heard_before
@@ -322,7 +322,7 @@ async def test_audio_after_the_stt_comes_back_reaches_it_whole(harness: Harness)
     stt.fail = None
     async with asyncio.timeout(WAIT):
         await stt.connected.wait()
-    await s.send_audio(silence(1.0), realtime=False)
+    await s.stream_audio(silence(1.0), realtime=False)
     # None of it is lost to the readers of the refused streams.
     async with asyncio.timeout(WAIT):
         while stt.audio_bytes < 32000:
@@ -476,11 +476,11 @@ async def test_the_client_ends_the_utterance_in_its_place_among_the_audio(harnes
     await started(s)
     async with asyncio.timeout(WAIT):
         await stt.connected.wait()
-    await s.send_audio(silence(0.5), realtime=False)
+    await s.stream_audio(silence(0.5), realtime=False)
     s.end_of_turn()
     await until(lambda: bool(stt.ends_at), stt.audio_arrived)
     assert stt.ends_at == [16000]  # all of the half second first
-    s._out.put_nowait(pb.ConverseRequest(control=pb.Control()))
+    s.send(pb.ConverseRequest(control=pb.Control()))
     async with asyncio.timeout(WAIT):
         await s.done.wait()
     assert s.error is not None and s.error.code() == grpc.StatusCode.INVALID_ARGUMENT

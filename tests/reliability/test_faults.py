@@ -536,13 +536,13 @@ async def test_reset_mid_stream_degrades_as_specified(stage: str, proxied: Proxi
         s = Session(proxied.stub, session_config())
         if stage == "stt":
             half = len(question) // 4 * 2  # whole 16-bit samples
-            await s.send_audio(question[:half])  # mid-utterance
+            await s.stream_audio(question[:half])  # mid-utterance
             start = len(s.events)
             proxied.proxies["stt"].reset_after_bytes = 0
             await proxied.proxies["stt"].kill()  # RST every open connection ...
             await proxied.proxies["stt"].revive()  # ... and accept new ones at once
             proxied.proxies["stt"].reset_after_bytes = None
-            await s.send_audio(question[half:])
+            await s.stream_audio(question[half:])
             err = (await s.wait_for(is_kind("error"), timeout=15, start=start)).error
             assert err.stage == pb.STAGE_STT and not err.degraded and err.code == "UNAVAILABLE", err
             reset_at = time.monotonic()

@@ -1,4 +1,5 @@
-"""gRPC TtsService over the synthesizer: messages in, domain calls, messages out."""
+"""gRPC face of the TTS service: validates requests, maps domain results to protobuf. The
+work itself happens in ``synthesizer`` and, for incremental text, ``streaming``."""
 
 from __future__ import annotations
 
@@ -9,10 +10,9 @@ import grpc
 
 from parole.audio.v1 import audio_pb2
 from parole.tts.v1 import tts_pb2, tts_pb2_grpc
-from services.runtime.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
-from services.runtime.streams import Channel, producing
+from services.runtime.errors import FailedPrecondition, ResourceExhausted
+from services.tts.streaming import FLUSH, Flush, StreamSynthesis
 from services.tts.synthesizer import AUDIO_SECONDS, TIME_TO_FIRST_AUDIO, Plan, Spoken, Synthesizer, join
-from services.tts.text import IncrementalSplitter
 
 
 def _plan(synth: Synthesizer, config: tts_pb2.SynthesisConfig) -> Plan:
@@ -39,7 +39,7 @@ def _chunk(spoken: Spoken, sequence: int) -> tts_pb2.AudioChunk:
 
 
 class TtsServicer(tts_pb2_grpc.TtsServiceServicer):
-    """Thin: every decision lives in the synthesizer and the text module."""
+    """Thin: every decision lives in the synthesizer, the streaming session and the text package."""
 
     def __init__(self, synth: Synthesizer, max_send_bytes: int) -> None:
         self._synth = synth
@@ -81,24 +81,11 @@ class TtsServicer(tts_pb2_grpc.TtsServiceServicer):
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[tts_pb2.StreamingSynthesizeResponse]:
         plan = await self._read_config(request_iterator)
-        splitter = IncrementalSplitter(plan.language, self._synth.policy)
-        # Text keeps arriving while earlier pieces are spoken: a reader task cuts it into
-        # pieces and sends them on; this generator speaks them in order.
-        texts: Channel[tuple[str, float]] = Channel()
+        session = StreamSynthesis(self._synth, plan)
         sequence = 0
-        async with producing(texts, self._read_text(request_iterator, splitter, texts)):
-            async for raw, ready_at in texts:
-                for piece in self._synth.prepare(raw, plan, first=sequence == 0):
-                    spoken = await self._synth.speak(piece, plan)
-                    if sequence == 0:
-                        TIME_TO_FIRST_AUDIO.labels("StreamingSynthesize").observe(time.perf_counter() - ready_at)
-                    yield tts_pb2.StreamingSynthesizeResponse(audio=_chunk(spoken, sequence))
-                    sequence += 1
-        if sequence == 0:
-            raise InvalidArgument(
-                "nothing to speak: no text, or only text with no speakable words, was sent after the config",
-                fields={"text": "no speakable words"},
-            )
+        async for spoken in session.run(self._texts(request_iterator)):
+            yield tts_pb2.StreamingSynthesizeResponse(audio=_chunk(spoken, sequence))
+            sequence += 1
 
     async def _read_config(self, requests: AsyncIterator[tts_pb2.StreamingSynthesizeRequest]) -> Plan:
         first = await anext(requests, None)
@@ -109,13 +96,8 @@ class TtsServicer(tts_pb2_grpc.TtsServiceServicer):
             )
         return _plan(self._synth, first.config)
 
-    async def _read_text(
-        self,
-        requests: AsyncIterator[tts_pb2.StreamingSynthesizeRequest],
-        splitter: IncrementalSplitter,
-        texts: Channel[tuple[str, float]],
-    ) -> None:
-        total = 0
+    @staticmethod
+    async def _texts(requests: AsyncIterator[tts_pb2.StreamingSynthesizeRequest]) -> AsyncIterator[str | Flush]:
         async for request in requests:
             kind = request.WhichOneof("request")
             if kind == "config":
@@ -123,21 +105,9 @@ class TtsServicer(tts_pb2_grpc.TtsServiceServicer):
                     "`config` may only be sent once, in the first message", fields={"config": "sent again"}
                 )
             if kind == "text":
-                total += len(request.text)
-                if total > self._synth.max_text_chars:
-                    raise InvalidArgument(
-                        f"the streamed text passed {self._synth.max_text_chars} characters, the limit per stream",
-                        fields={"text": "stream too long"},
-                    )
-                for piece in splitter.feed(request.text):
-                    texts.send_nowait((piece, time.perf_counter()))
+                yield request.text
             elif kind == "flush":
-                rest = splitter.flush()
-                if rest.strip():
-                    texts.send_nowait((rest, time.perf_counter()))
-        rest = splitter.flush()
-        if rest.strip():
-            texts.send_nowait((rest, time.perf_counter()))
+                yield FLUSH
 
     async def ListVoices(
         self, request: tts_pb2.ListVoicesRequest, context: grpc.aio.ServicerContext

@@ -14,10 +14,10 @@ from services.runtime.device import DeviceError, Placement, resolve_placement
 from services.runtime.logging import get_logger
 from services.runtime.resilience import Breakers, ByteBudgetCache
 from services.stt.config import EngineSettings, SttSettings
+from services.stt.endpointing import VadModel
 from services.stt.engine import Engine, SileroVad, Transcript, WhisperEngine, supported_languages
 from services.stt.recognizer import SERVICE, DecodeQueue, Recognizer
 from services.stt.servicer import SttServicer
-from services.stt.streaming import VadModel
 from services.stt.turn import TURN_MODEL_AVAILABLE, SmartTurn, TurnDetector, find_turn_model
 
 log = get_logger(__name__)

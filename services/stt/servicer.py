@@ -14,9 +14,9 @@ from parole.stt.v1 import stt_pb2, stt_pb2_grpc
 from services.runtime.audio import PCM16_WIDTH, SPEECH_RATE, FloatAudio, check_input_rate, read_wav_bytes, resample
 from services.runtime.errors import FailedPrecondition, InvalidArgument
 from services.stt.config import SttSettings
+from services.stt.endpointing import VadModel
 from services.stt.engine import DecodeOptions, Transcript
-from services.stt.recognizer import AUDIO_SECONDS, Recognizer
-from services.stt.streaming import (
+from services.stt.events import (
     END_UTTERANCE,
     EndOfTurn,
     EndpointingMode,
@@ -24,9 +24,9 @@ from services.stt.streaming import (
     SessionEvent,
     SpeechEvent,
     StreamConfig,
-    StreamSession,
-    VadModel,
 )
+from services.stt.recognizer import AUDIO_SECONDS, Recognizer
+from services.stt.streaming import StreamSession
 from services.stt.turn import TurnDetector
 
 MAX_PROMPT_CHARS = 2000

@@ -147,6 +147,7 @@ async def streamed_turn(stub: Any, language: str, pcm: Pcm) -> dict[str, Any]:
         "finals": len(finals),
         "reply": latency.reply_text,
         "time_to_first_audio_s": first_audio - ended[0],
+        "playback_stalls_s": playback_stalls([(t, m.reply_audio) for t, m in events if answer_audio(m)]),
         "server": {
             "final_transcript_s": latency.final_transcript_seconds,
             "first_token_s": latency.first_token_seconds,
@@ -155,6 +156,17 @@ async def streamed_turn(stub: Any, language: str, pcm: Pcm) -> dict[str, Any]:
             **{m.point: m.seconds for m in getattr(latency, "marks", ())},
         },
     }
+
+
+def playback_stalls(chunks: list[tuple[float, Any]]) -> float:
+    """Seconds of silence inside an answer, played as a client plays it: chunks back to back
+    from the first one's arrival, a chunk that arrives after the one before has ended starting
+    when it arrives (the user hears the gap: synthesis fell behind speech)."""
+    stalls, played_until = 0.0, chunks[0][0] if chunks else 0.0
+    for arrived, audio in chunks:
+        stalls += max(0.0, arrived - played_until)
+        played_until = max(played_until, arrived) + len(audio.audio) / 2 / audio.format.sample_rate_hz
+    return stalls
 
 
 async def sequential_turn(stt: Any, llm: Any, tts: Any, language: str, pcm: Pcm) -> dict[str, Any]:
@@ -324,6 +336,8 @@ def figures(rows: list[tuple[Question, dict[str, Any]]]) -> dict[str, Any]:
             "time_to_first_audio_p95_s": round(percentile(ttfa, 0.95), 3),
             "wer_heard": round(wer(sel), 4),
             "split_turns": sum(r["finals"] > 1 for _, r in sel),
+            "playback_stalls_mean_s": round(statistics.mean(r["playback_stalls_s"] for _, r in sel), 3),
+            "turns_with_stalls_over_100ms": sum(r["playback_stalls_s"] > 0.1 for _, r in sel),
             "server_median_s": server,
         }
     return out

@@ -28,7 +28,7 @@ from services.models.store import ModelError, ModelStore
 from services.runtime.audio import float_to_pcm16
 from services.runtime.device import Placement
 from services.runtime.logging import get_logger
-from services.tts.engines import Audio, EngineError, SynthOptions, VoiceSpec, onnx_providers
+from services.tts.engines import Audio, EngineError, SynthOptions, VoiceSpec, onnx_providers, session_options
 
 log = get_logger(__name__)
 
@@ -322,12 +322,7 @@ class KokoroEngine:
             raise EngineError(str(self.missing))
         import onnxruntime
 
-        options = onnxruntime.SessionOptions()
-        # Input length changes with every clause: no memory pattern (see PiperEngine._load).
-        options.enable_mem_pattern = False
-        if self._threads:
-            options.intra_op_num_threads = self._threads
-            options.inter_op_num_threads = 1
+        options = session_options(self._threads)
         providers = onnx_providers(self._placement, "Kokoro")
         session = onnxruntime.InferenceSession(str(self._files.onnx), sess_options=options, providers=providers)
         with np.load(self._files.voices) as npz:

@@ -56,6 +56,21 @@ class Activity:
     session's real turn wait, and on a full machine it would take cores from the decodes."""
 
 
+# What gRPC's client library reports when a request fails to be written because the connection
+# under the call broke (a TCP reset mid-stream): it ends the call with INTERNAL before any
+# status came from the service. The service did not fail; the way to it did.
+CLIENT_WRITE_FAILED = "Internal error from Core"
+
+
+def status_of(err: grpc.aio.AioRpcError) -> grpc.StatusCode:
+    """The call's status as the orchestrator reports it: a request stream whose connection broke
+    under it is UNAVAILABLE (as a read on the same broken connection reports), not INTERNAL,
+    which stays what the service itself said went wrong."""
+    if err.code() == grpc.StatusCode.INTERNAL and (err.details() or "") == CLIENT_WRITE_FAILED:
+        return grpc.StatusCode.UNAVAILABLE
+    return err.code()
+
+
 class Failed(NamedTuple):
     """Why a stage call failed: a status from the service, or its breaker standing open."""
 
@@ -73,12 +88,12 @@ async def guarded(breakers: Breakers, name: str, call: Callable[[], Awaitable[No
             except grpc.aio.AioRpcError as err:
                 if err.code() in OUTAGE_CODES:
                     raise
-                return Failed(err.code().name, err.details() or "")
+                return Failed(status_of(err).name, err.details() or "")
     except BreakerOpen:
         return Failed(
             "UNAVAILABLE",
             f"{name} service not called: its circuit breaker is open, one turn retries it every {breakers.ttl:g} s",
         )
     except grpc.aio.AioRpcError as err:
-        return Failed(err.code().name, err.details() or "")
+        return Failed(status_of(err).name, err.details() or "")
     return None

@@ -18,6 +18,7 @@ from parole.orchestrator.v1 import orchestrator_pb2 as pb
 from parole.stt.v1 import stt_pb2
 from parole.tts.v1 import tts_pb2
 from services.orchestrator.gate import Gatekeeper, MicGate
+from services.orchestrator.guard import CLIENT_WRITE_FAILED, status_of
 from services.orchestrator.outbox import Outbox
 from services.orchestrator.stages.listen import Listen
 from services.orchestrator.stages.speak import Speak
@@ -167,6 +168,19 @@ async def test_think_failing_mid_answer_keeps_what_was_said() -> None:
     await think_with(FakeLlmStub(["Paris "], grpc.StatusCode.UNAVAILABLE)).run(w.turn, w.out, speech)
     assert w.turn.reply == ["Paris "] and await speech.receive() == "Paris " and speech.qsize() == 0
     assert "cut short" in (await drain(w.outbox))[-1].error.message
+
+
+def test_a_request_stream_broken_under_the_call_is_unavailable_not_internal() -> None:
+    """gRPC ends a call whose request could not be written (the connection was reset) with its
+    own INTERNAL; the orchestrator reports the way to the service as down, and keeps a
+    service's own INTERNAL as it is."""
+
+    def err(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
+        return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
+
+    assert status_of(err(grpc.StatusCode.INTERNAL, CLIENT_WRITE_FAILED)) == grpc.StatusCode.UNAVAILABLE
+    assert status_of(err(grpc.StatusCode.INTERNAL, "decoder crashed")) == grpc.StatusCode.INTERNAL
+    assert status_of(err(grpc.StatusCode.UNAVAILABLE, "reset")) == grpc.StatusCode.UNAVAILABLE
 
 
 class FakeTtsStub:

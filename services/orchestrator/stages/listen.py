@@ -22,6 +22,7 @@ from parole.audio.v1 import audio_pb2
 from parole.orchestrator.v1 import orchestrator_pb2 as pb
 from parole.stt.v1 import stt_pb2, stt_pb2_grpc
 from services.orchestrator.gate import AudioClock
+from services.orchestrator.guard import status_of
 from services.orchestrator.outbox import Outbox
 from services.orchestrator.turn import TurnQueue
 from services.runtime.errors import FailedPrecondition
@@ -133,7 +134,7 @@ class Listen:
                             f"speech recognition failed ({err.details()}); audio is ignored until it is back, "
                             "typed turns still work",
                             degraded=False,
-                            code=err.code().name,
+                            code=status_of(err).name,
                         )
                     if err.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION):
                         return  # our request is wrong: retrying cannot help

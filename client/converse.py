@@ -276,5 +276,11 @@ def last_audio(m: Response) -> bool:
 
 
 def answer_audio(m: Response) -> bool:
-    """An answer audio message that carries audio."""
+    """An answer audio message that carries audio (not the spoken wait notice before it)."""
+    return m.WhichOneof("event") == "reply_audio" and bool(m.reply_audio.audio) and not m.reply_audio.notice
+
+
+def heard_audio(m: Response) -> bool:
+    """Audio the user hears for the turn, the wait notice or the answer: the turn's
+    acknowledgement."""
     return m.WhichOneof("event") == "reply_audio" and bool(m.reply_audio.audio)

@@ -12,6 +12,7 @@ from parole.llm.v1 import llm_pb2_grpc
 from parole.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from parole.stt.v1 import stt_pb2_grpc
 from parole.tts.v1 import tts_pb2_grpc
+from services.orchestrator.admission import Admission
 from services.orchestrator.config import OrchestratorSettings
 from services.orchestrator.guard import Stubs
 from services.orchestrator.servicer import OrchestratorServicer
@@ -41,6 +42,11 @@ class OrchestratorApp:
             llm=llm_pb2_grpc.LlmServiceStub(self.channels["llm"]),
             tts=tts_pb2_grpc.TtsServiceStub(self.channels["tts"]),
             breakers=Breakers("orchestrator", settings.breaker_threshold, settings.breaker_ttl_seconds),
+            admission=Admission(
+                settings.answer_slots,
+                notice_after=settings.wait_notice_seconds,
+                give_up_after=settings.give_up_seconds,
+            ),
         )
         self.servicer = OrchestratorServicer(self.stubs, settings)
 

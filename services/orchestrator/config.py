@@ -57,7 +57,19 @@ class OrchestratorSettings(ServiceSettings):
     """At start-up, wait this long for the three services to be SERVING before serving anyway
     (degraded) — model loading can take minutes on a cold host."""
     max_sessions: int = Field(default=64, gt=0)
-    """Conversations at once; more get RESOURCE_EXHAUSTED."""
+    """Conversations at once; more get RESOURCE_EXHAUSTED. Conversations are also refused, with
+    a retry hint, while a new turn's expected wait is past ``give_up_seconds``."""
+    answer_slots: int = Field(default=1, ge=1)
+    """Turns answered at once across every session (the rest wait in arrival order). Match the
+    language model's parallel capacity: 1 for the embedded model on a CPU host (one answer at
+    a time; two at once share the same cores and both come later), Ollama's
+    OLLAMA_NUM_PARALLEL on a GPU host."""
+    wait_notice_seconds: float = Field(default=3.0, ge=0)
+    """A turn that cannot start its answer within this many seconds (expected from the queue
+    ahead, or seen) hears a short "one moment" / "un instant" at once, never silence."""
+    give_up_seconds: float = Field(default=20.0, gt=0)
+    """A turn still waiting after this many seconds is declined politely (StageError LLM,
+    RESOURCE_EXHAUSTED): a person told "one moment" waits about this long."""
     preemptive_generation: bool = True
     """Answer a pause's transcript as soon as the STT has it, before it decides whether the
     turn is over (its output held until the final confirms it, dropped if the speaker goes

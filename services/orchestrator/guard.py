@@ -13,6 +13,7 @@ import grpc
 from parole.llm.v1 import llm_pb2_grpc
 from parole.stt.v1 import stt_pb2_grpc
 from parole.tts.v1 import tts_pb2_grpc
+from services.orchestrator.admission import Admission
 from services.runtime.resilience import BreakerOpen, Breakers
 
 # Status codes that say a service (or the way to it) is down or sick: they count against its
@@ -43,17 +44,10 @@ class Stubs:
     llm: llm_pb2_grpc.LlmServiceAsyncStub
     tts: tts_pb2_grpc.TtsServiceAsyncStub
     breakers: Breakers = field(default_factory=lambda: Breakers("orchestrator"))
-    activity: Activity = field(default_factory=lambda: Activity())
-
-
-@dataclass
-class Activity:
-    """What every session of this orchestrator is doing at once (shared through ``Stubs``)."""
-
-    answering: int = 0
-    """Turns being answered now, confirmed or ahead of their final. A turn is answered ahead
-    only when none is: the LLM answers one turn at a time, so a guess would make another
-    session's real turn wait, and on a full machine it would take cores from the decodes."""
+    admission: Admission = field(default_factory=lambda: Admission(1, notice_after=3.0, give_up_after=20.0))
+    """The answer slots every session takes its turns' answers from. A turn is answered ahead
+    of its final only when one is free: a guess must never make another session's real turn
+    wait, and on a full machine it would take cores from the decodes."""
 
 
 # What gRPC's client library reports when a request fails to be written because the connection

@@ -23,3 +23,20 @@ SPECULATIVE_TURNS = Counter(
     "Turns answered ahead on a pause's transcript: started, then confirmed by the final or withdrawn.",
     ["outcome"],
 )
+SLOTS_BUSY = Gauge("parole_answer_slots_busy", "Turns the language model is answering now (admission slots taken).")
+TURNS_WAITING = Gauge("parole_turns_waiting", "Turns waiting for an answer slot (the machine is full).")
+EXPECTED_WAIT = Gauge(
+    "parole_expected_wait_seconds",
+    "Seconds a turn arriving now should expect to wait for its answer slot (queue ahead x recent slot time).",
+)
+ADMISSION_WAIT = Histogram(
+    "parole_admission_wait_seconds",
+    "Seconds turns waited for an answer slot.",
+    buckets=(0.01, 0.1, 0.5, 1, 2, 3, 5, 10, 20, 30, 60),
+)
+WAIT_NOTICES = Counter(
+    "parole_wait_notices_total", "Spoken 'one moment' notices, and turns declined as too busy.", ["kind"]
+)
+REFUSED_SESSIONS = Counter(
+    "parole_sessions_refused_total", "Conversations refused at Converse start (RESOURCE_EXHAUSTED).", ["reason"]
+)

@@ -149,7 +149,8 @@ class Conversation:
             gate=self.gate,
             output_rate=s.output_rate,
             log=self.log,
-            activity=stubs.activity,
+            admission=stubs.admission,
+            language=s.language,
         )
         self.listen = Listen(
             stubs.stt,

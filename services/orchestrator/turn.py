@@ -27,6 +27,8 @@ POINTS = (
     "end_of_turn",
     "final_transcript",
     "turn_started",
+    "wait_notice",
+    "answer_slot",
     "llm_request",
     "first_token",
     "first_tts_text",
@@ -141,6 +143,18 @@ class TurnOutput:
         self.turn.sequence += 1
         self._release(audio_seconds=chunk.duration_seconds, reply_audio=reply)
 
+    def wait_notice(self, text: str, expected_wait: float, chunks: list[tts_pb2.AudioChunk]) -> None:
+        """The turn waits for the language model: the client is told, and hears ``chunks``
+        (the notice spoken) at once. Its audio closes the gate like the answer's, but it is
+        timed as ``wait_notice``, not as the answer's first audio."""
+        self._release(wait_notice=pb.WaitNotice(text=text, expected_wait_seconds=expected_wait))
+        for chunk in chunks:
+            reply = pb.ReplyAudio(
+                audio=chunk.audio, format=chunk.format, sequence=self.turn.sequence, text=chunk.text, notice=True
+            )
+            self.turn.sequence += 1
+            self._release(audio_seconds=chunk.duration_seconds, reply_audio=reply)
+
     def degraded(self, stage: pb.Stage.ValueType, message: str, *, code: str) -> None:
         """A stage failed and the turn goes on without it (canned reply, text only, another voice)."""
         self.turn.degraded.add(stage)
@@ -191,11 +205,13 @@ class TurnOutput:
                 self.gate.answer_done(self.turn.turn_id)
             return
         now = time.monotonic()
-        self.turn.mark("first_audio", now)
+        notice = event["reply_audio"].notice
+        self.turn.mark("wait_notice" if notice else "first_audio", now)
         self.gate.audio_released(self.turn.turn_id, audio_seconds, now)
         self.outbox.emit(self.turn.turn_id, **event)
         self.turn.audio_seconds += audio_seconds
-        self.turn.mark("last_audio", time.monotonic(), first=False)
+        if not notice:
+            self.turn.mark("last_audio", time.monotonic(), first=False)
 
 
 def _point_order(point: str) -> int:

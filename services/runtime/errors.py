@@ -20,10 +20,14 @@ class ServiceError(Exception):
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
 
-    def __init__(self, message: str, *, fields: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, message: str, *, fields: Mapping[str, str] | None = None, retry_after: float | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.fields = dict(fields or {})
+        self.retry_after = retry_after
+        """Seconds after which a retry should succeed: sent as ``google.rpc.RetryInfo``."""
 
     def to_status(self) -> grpc.Status:
         """The rich status: code, message and field violations."""
@@ -36,6 +40,12 @@ class ServiceError(Exception):
             )
             packed = any_pb2.Any()
             packed.Pack(details)
+            status.details.append(packed)
+        if self.retry_after is not None:
+            retry = error_details_pb2.RetryInfo()
+            retry.retry_delay.FromMilliseconds(round(self.retry_after * 1000))
+            packed = any_pb2.Any()
+            packed.Pack(retry)
             status.details.append(packed)
         return rpc_status.to_status(status)
 
@@ -88,3 +98,14 @@ def field_violations(err: grpc.aio.AioRpcError | grpc.RpcError) -> dict[str, str
             detail.Unpack(bad)
             out.update({v.field: v.description for v in bad.field_violations})
     return out
+
+
+def retry_delay(err: grpc.aio.AioRpcError | grpc.RpcError) -> float | None:
+    """Client side: the seconds to wait before retrying, when the failed call says (RetryInfo)."""
+    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            retry = error_details_pb2.RetryInfo()
+            detail.Unpack(retry)
+            return float(retry.retry_delay.ToMilliseconds() / 1000)
+    return None

@@ -125,6 +125,16 @@ class FakeTts(tts_pb2_grpc.TtsServiceServicer):
     texts: list[str] = field(default_factory=list)
     spoke: asyncio.Event = field(default_factory=asyncio.Event)
     """Set on each piece of text spoken."""
+    phrases: list[str] = field(default_factory=list)
+    """Texts spoken whole (``Synthesize``: the orchestrator's wait notices and refusals)."""
+
+    async def Synthesize(
+        self, request: tts_pb2.SynthesizeRequest, context: grpc.aio.ServicerContext
+    ) -> tts_pb2.SynthesizeResponse:
+        if self.fail is not None:
+            await context.abort(self.fail, "fake TTS failure")
+        self.phrases.append(request.text)
+        return tts_pb2.SynthesizeResponse(audio=self._chunk(request.text, 0))
 
     async def StreamingSynthesize(
         self, request_iterator: AsyncIterator[tts_pb2.StreamingSynthesizeRequest], context: grpc.aio.ServicerContext
@@ -139,21 +149,22 @@ class FakeTts(tts_pb2_grpc.TtsServiceServicer):
                 continue
             self.texts.append(request.text)
             self.spoke.set()
-            samples = int(TTS_RATE * self.chunk_seconds)
-            yield tts_pb2.StreamingSynthesizeResponse(
-                audio=tts_pb2.AudioChunk(
-                    audio=b"\0\0" * samples,
-                    format=audio_pb2.AudioFormat(
-                        sample_rate_hz=TTS_RATE, encoding=audio_pb2.AUDIO_ENCODING_PCM_S16LE, channels=1
-                    ),
-                    sequence=sequence,
-                    text=request.text,
-                    voice=self.voice,
-                    engine="fake",
-                    duration_seconds=samples / TTS_RATE,
-                )
-            )
+            yield tts_pb2.StreamingSynthesizeResponse(audio=self._chunk(request.text, sequence))
             sequence += 1
+
+    def _chunk(self, text: str, sequence: int) -> tts_pb2.AudioChunk:
+        samples = int(TTS_RATE * self.chunk_seconds)
+        return tts_pb2.AudioChunk(
+            audio=b"\0\0" * samples,
+            format=audio_pb2.AudioFormat(
+                sample_rate_hz=TTS_RATE, encoding=audio_pb2.AUDIO_ENCODING_PCM_S16LE, channels=1
+            ),
+            sequence=sequence,
+            text=text,
+            voice=self.voice,
+            engine="fake",
+            duration_seconds=samples / TTS_RATE,
+        )
 
 
 @dataclass

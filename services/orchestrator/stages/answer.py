@@ -12,15 +12,16 @@ cancelled, nothing of it was heard); speech resuming withdraws it (``withdraw``)
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import time
 
 import structlog
 
 from parole.orchestrator.v1 import orchestrator_pb2 as pb
+from services.orchestrator.admission import Admission, Busy, Declined, declined_text, notice_text
 from services.orchestrator.gate import Gatekeeper
-from services.orchestrator.guard import Activity
-from services.orchestrator.metrics import SPECULATIVE_TURNS
+from services.orchestrator.metrics import SPECULATIVE_TURNS, WAIT_NOTICES
 from services.orchestrator.outbox import Outbox
 from services.orchestrator.stages.speak import Speak
 from services.orchestrator.stages.think import Think
@@ -41,7 +42,8 @@ class Answer:
         gate: Gatekeeper,
         output_rate: int,
         log: structlog.stdlib.BoundLogger,
-        activity: Activity | None = None,
+        admission: Admission,
+        language: str,
     ) -> None:
         self.think = think
         self.speak = speak
@@ -52,7 +54,8 @@ class Answer:
         self.log = log
         self.current: asyncio.Task[None] | None = None
         self.current_turn: Turn | None = None
-        self.activity = activity or Activity()
+        self.admission = admission
+        self.language = language
         self.ahead: Ahead | None = None
         """The turn answered ahead on a speculative transcript, waiting for its final."""
 
@@ -97,17 +100,54 @@ class Answer:
         turn.out_rate = self.output_rate
         structlog.contextvars.bind_contextvars(turn_id=turn.turn_id)
         self.log.debug("turn", text=turn.text, ahead=turn.speculative)
-        self.activity.answering += 1
-        try:
-            # Unbounded: the text of one answer is small, and the LLM must never wait on the
-            # TTS (the client gets the text as it comes even when the speech lags or failed).
-            speech: Channel[str] = Channel()
-            async with producing(speech, self.think.run(turn, out, speech)):
-                await self.speak.run(out, speech)
-        finally:
-            self.activity.answering -= 1
+        # Unbounded: the text of one answer is small, and the LLM must never wait on the TTS
+        # (the client gets the text as it comes even when the speech lags or failed).
+        speech: Channel[str] = Channel()
+        async with producing(speech, self._think(turn, out, speech)):
+            await self.speak.run(out, speech)
+        if turn.speculative and pb.STAGE_LLM in turn.degraded:
+            return  # an answer ahead that found the model busy: its final gets a real try
         out.end()
         self._finished(out, interrupted=False)
+
+    async def _think(self, turn: Turn, out: TurnOutput, speech: Channel[str]) -> None:
+        """The language model's part of the turn, in an answer slot: the slot is held while
+        the model writes, and freed as soon as it is done (the TTS speaking the end of this
+        answer overlaps the next turn's thinking)."""
+        try:
+            # An answer ahead never waits: it would hold a place in the queue for a guess.
+            async with self.admission.slot(functools.partial(self._notice, out), wait=not turn.speculative) as waited:
+                if waited:
+                    turn.mark("answer_slot", time.monotonic())
+                await self.think.run(turn, out, speech)
+        except Busy:
+            # Marked degraded, so the final does not adopt it and gets a real try in the queue.
+            turn.degraded.add(pb.STAGE_LLM)
+            SPECULATIVE_TURNS.labels("skipped_busy").inc()
+        except Declined as declined:
+            self._decline(turn, out, speech, declined.waited)
+
+    async def _notice(self, out: TurnOutput, expected_wait: float) -> None:
+        """The turn must wait for the language model: say so out loud now."""
+        WAIT_NOTICES.labels("notice").inc()
+        text = notice_text(self.language)
+        chunk = await self.speak.phrase(text)
+        out.wait_notice(text, expected_wait, [chunk] if chunk is not None else [])
+        self.log.info("turn waits for the language model", expected_wait=round(expected_wait, 1))
+
+    def _decline(self, turn: Turn, out: TurnOutput, speech: Channel[str], waited: float) -> None:
+        """No slot within the give-up budget: a polite refusal is the turn's answer, spoken."""
+        WAIT_NOTICES.labels("declined").inc()
+        text = declined_text(self.language)
+        turn.mark("first_token", time.monotonic())
+        out.text(text)
+        speech.send_nowait(text)
+        out.degraded(
+            pb.STAGE_LLM,
+            f"the language model was busy with other conversations for {waited:.0f} s; the turn was declined "
+            "(ask again, or add answer capacity: ORCH_ANSWER_SLOTS with a backend that serves several at once)",
+            code="RESOURCE_EXHAUSTED",
+        )
 
     def speculate(self, text: str, *, start: float, heard_at: float) -> None:
         """Starts answering a pause's transcript ahead of its final, its output held back.
@@ -117,7 +157,7 @@ class Answer:
             self.ahead = None
         if self.current is not None or self.turns.waiting or self.gate.closed(time.monotonic()):
             return
-        if self.activity.answering:
+        if not self.admission.free:
             SPECULATIVE_TURNS.labels("skipped_busy").inc()
             return
         turn = Turn("", text, start, heard_at, speculative=True)

@@ -16,6 +16,10 @@ from services.orchestrator.turn import Turn, TurnOutput
 from services.runtime.resilience import Breakers
 from services.runtime.streams import Channel
 
+PHRASE_TIMEOUT = 3.0
+"""Seconds for a fixed phrase: a cache hit takes milliseconds, a first synthesis well under one
+on a loaded CPU; past this the phrase is sent as text only rather than keep the person waiting."""
+
 
 class Speak:
     """Text (from think) → TTS audio → the turn's output."""
@@ -51,6 +55,20 @@ class Speak:
         # stream read it all).
         async for _ in text:
             pass
+
+    async def phrase(self, text: str) -> tts_pb2.AudioChunk | None:
+        """A short fixed phrase spoken whole (a wait notice, a polite refusal): the TTS
+        service's phrase cache answers it at once after its first time. None when the TTS
+        failed: the phrase then reaches the client as text only."""
+        spoken: list[tts_pb2.AudioChunk] = []
+
+        async def synthesize() -> None:
+            config = tts_pb2.SynthesisConfig(voice=self.voice, language=self.language, sample_rate_hz=self.output_rate)
+            r = await self.tts.Synthesize(tts_pb2.SynthesizeRequest(text=text, config=config), timeout=PHRASE_TIMEOUT)
+            spoken.append(r.audio)
+
+        await guarded(self.breakers, "tts", synthesize)
+        return spoken[0] if spoken else None
 
     async def _synthesize(self, out: TurnOutput, text: Channel[str]) -> None:
         # The stream opens with the turn and is fed by the LLM, so its deadline spans the LLM's

@@ -1,0 +1,163 @@
+"""Admission: how many turns the language model answers at once, the order the others wait in,
+and how long they should expect to wait.
+
+The LLM is the stage a full machine queues on (one answer at a time on a CPU host with the
+embedded model). Without admission, every session's turn went straight to it: the LLM service
+queued a few and refused the rest (the turn got the canned reply after a long silence), and
+the person heard nothing for up to 40 s at 8 conversations. Here the orchestrator holds the
+turns itself, in arrival order, up to ``slots`` at once; a turn that cannot start within the
+notice budget says "one moment" at once (``WaitNotice``), one that cannot start within the
+give-up budget is declined politely, and new conversations are refused while the expected
+wait is past that budget. The expected wait comes from the queue ahead and the recent time a
+turn held its slot (an exponential moving average)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from services.orchestrator.metrics import ADMISSION_WAIT, EXPECTED_WAIT, SLOTS_BUSY, TURNS_WAITING
+
+INITIAL_SERVICE_SECONDS = 3.0
+"""Slot time assumed before any turn was measured: an answer of a sentence or two from the
+1.5B model on two cores (first token ~0.5 s, ~9 tokens/s)."""
+SMOOTHING = 0.3
+"""Weight of the newest slot time in the moving average: recent enough to follow a machine
+getting busier, smooth enough that one long answer does not swing it."""
+
+
+NOTICE = {"fr": "Un instant, s'il vous plaît.", "en": "One moment, please."}
+"""Said at once when a turn must wait for the language model."""
+DECLINED = {
+    "fr": "Désolé, je suis très sollicité en ce moment. Pouvez-vous reposer votre question dans une minute ?",
+    "en": "Sorry, I'm very busy right now. Please ask me again in a minute.",
+}
+"""Said when the wait passed the give-up budget."""
+
+
+def notice_text(language: str) -> str:
+    return NOTICE.get(language, NOTICE["en"])
+
+
+def declined_text(language: str) -> str:
+    return DECLINED.get(language, DECLINED["en"])
+
+
+class Declined(Exception):
+    """The turn waited its whole give-up budget without a slot."""
+
+    def __init__(self, waited: float) -> None:
+        super().__init__(f"no answer slot within {waited:.1f} s")
+        self.waited = waited
+
+
+class Busy(Exception):
+    """A turn that may not wait (one answered ahead of its final) found no free slot."""
+
+
+class Admission:
+    """Answer slots shared by every session of an orchestrator, taken in arrival order."""
+
+    def __init__(self, slots: int, *, notice_after: float, give_up_after: float) -> None:
+        self.slots = slots
+        self.notice_after = notice_after
+        self.give_up_after = give_up_after
+        self.busy = 0
+        self.waiting = 0
+        self.service_seconds = INITIAL_SERVICE_SECONDS
+        # asyncio.Semaphore wakes its waiters in FIFO order: a turn never overtakes an
+        # earlier one of another session.
+        self._free = asyncio.Semaphore(slots)
+        self._report()
+
+    @property
+    def free(self) -> bool:
+        """A turn arriving now starts at once."""
+        return self.busy < self.slots and not self.waiting
+
+    def expected_wait(self, ahead: int | None = None) -> float:
+        """Seconds a turn arriving now (behind ``ahead`` waiting turns, default all of them)
+        should expect before its slot: the rounds of ``slots`` turns in front of it, each
+        lasting the recent slot time."""
+        ahead = self.waiting if ahead is None else ahead
+        in_front = self.busy + ahead - self.slots + 1
+        if in_front <= 0:
+            return 0.0
+        return math.ceil(in_front / self.slots) * self.service_seconds
+
+    @property
+    def saturated(self) -> bool:
+        """A new conversation's first turn would be declined: refuse the conversation instead."""
+        return self.expected_wait() > self.give_up_after
+
+    @asynccontextmanager
+    async def slot(
+        self, notify: Callable[[float], Awaitable[None]] | None = None, *, wait: bool = True
+    ) -> AsyncIterator[float]:
+        """Holds an answer slot for the block; yields the seconds waited for it (0.0 when one
+        was free).
+
+        ``notify(expected_wait)`` is awaited once when the turn must wait past the notice
+        budget: at once when the expected wait already says so, else when the budget runs out.
+        Past the give-up budget raises ``Declined``; ``wait=False`` raises ``Busy`` instead of
+        waiting at all."""
+        arrived = time.monotonic()
+        waited = 0.0
+        if not self.free:
+            if not wait:
+                raise Busy
+            await self._wait(arrived, notify)
+            waited = time.monotonic() - arrived
+        else:
+            await self._free.acquire()  # free: returns at once
+        ADMISSION_WAIT.observe(waited)
+        self.busy += 1
+        self._report()
+        started = time.monotonic()
+        try:
+            yield waited
+        finally:
+            self.busy -= 1
+            held = time.monotonic() - started
+            self.service_seconds += SMOOTHING * (held - self.service_seconds)
+            self._free.release()
+            self._report()
+
+    async def _wait(self, arrived: float, notify: Callable[[float], Awaitable[None]] | None) -> None:
+        expected = self.expected_wait()
+        self.waiting += 1
+        self._report()
+        acquire = asyncio.ensure_future(self._free.acquire())
+        try:
+            notified = False
+            if notify is not None and expected > self.notice_after:
+                notified = True
+                await notify(expected)
+            deadline = arrived + (self.give_up_after if notified or notify is None else self.notice_after)
+            while True:
+                done, _ = await asyncio.wait({acquire}, timeout=max(0.0, deadline - time.monotonic()))
+                if done:
+                    acquire.result()
+                    return
+                if notified or notify is None:
+                    raise Declined(time.monotonic() - arrived)
+                notified = True
+                await notify(self.expected_wait(0))
+                deadline = arrived + self.give_up_after
+        except BaseException:
+            if acquire.done() and not acquire.cancelled() and acquire.exception() is None:
+                self._free.release()  # granted as we gave up: hand it on
+            else:
+                acquire.cancel()
+            raise
+        finally:
+            self.waiting -= 1
+            self._report()
+
+    def _report(self) -> None:
+        SLOTS_BUSY.set(self.busy)
+        TURNS_WAITING.set(self.waiting)
+        EXPECTED_WAIT.set(self.expected_wait())

@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
-from services.orchestrator.metrics import ADMISSION_WAIT, EXPECTED_WAIT, SLOTS_BUSY, TURNS_WAITING
+from services.orchestrator.metrics import ADMISSION_WAIT, EXPECTED_WAIT, SATURATED, SLOTS_BUSY, TURNS_WAITING
 
 INITIAL_SERVICE_SECONDS = 3.0
 """Slot time assumed before any turn was measured: an answer of a sentence or two from the
@@ -68,10 +68,13 @@ class Admission:
         self.busy = 0
         self.waiting = 0
         self.service_seconds = INITIAL_SERVICE_SECONDS
+        self.on_saturation: Callable[[bool], None] | None = None
+        """Called when ``saturated`` changes (the orchestrator's health follows it)."""
+        self._saturated = False
         # asyncio.Semaphore wakes its waiters in FIFO order: a turn never overtakes an
         # earlier one of another session.
         self._free = asyncio.Semaphore(slots)
-        self._report()
+        self.report()
 
     @property
     def free(self) -> bool:
@@ -115,7 +118,7 @@ class Admission:
             await self._free.acquire()  # free: returns at once
         ADMISSION_WAIT.observe(waited)
         self.busy += 1
-        self._report()
+        self.report()
         started = time.monotonic()
         try:
             yield waited
@@ -124,12 +127,12 @@ class Admission:
             held = time.monotonic() - started
             self.service_seconds += SMOOTHING * (held - self.service_seconds)
             self._free.release()
-            self._report()
+            self.report()
 
     async def _wait(self, arrived: float, notify: Callable[[float], Awaitable[None]] | None) -> None:
         expected = self.expected_wait()
         self.waiting += 1
-        self._report()
+        self.report()
         acquire = asyncio.ensure_future(self._free.acquire())
         try:
             notified = False
@@ -155,9 +158,15 @@ class Admission:
             raise
         finally:
             self.waiting -= 1
-            self._report()
+            self.report()
 
-    def _report(self) -> None:
+    def report(self) -> None:
+        """Publishes the state: the metrics, and the saturation callback when it changed."""
         SLOTS_BUSY.set(self.busy)
         TURNS_WAITING.set(self.waiting)
         EXPECTED_WAIT.set(self.expected_wait())
+        if self.saturated != self._saturated:
+            self._saturated = self.saturated
+            SATURATED.set(int(self._saturated))
+            if self.on_saturation is not None:
+                self.on_saturation(self._saturated)

@@ -20,6 +20,7 @@ from services.runtime import healthcheck
 from services.runtime.channel import open_channel
 from services.runtime.logging import get_logger
 from services.runtime.resilience import Breakers
+from services.runtime.server import RunningServer
 
 log = get_logger(__name__)
 SERVICE = orchestrator_pb2.DESCRIPTOR.services_by_name["OrchestratorService"].full_name
@@ -49,10 +50,30 @@ class OrchestratorApp:
             ),
         )
         self.servicer = OrchestratorServicer(self.stubs, settings)
+        self._running: RunningServer | None = None
+        self._health_updates: set[asyncio.Task[None]] = set()
 
     def register(self, server: grpc.aio.Server) -> Sequence[str]:
         orchestrator_pb2_grpc.add_OrchestratorServiceServicer_to_server(self.servicer, server)
         return [SERVICE]
+
+    async def on_serving(self, running: RunningServer) -> None:
+        """From now on the service's own health name says whether new conversations are taken:
+        NOT_SERVING while saturated (a readiness probe sends them to another replica), while
+        "" stays SERVING (the process is alive; liveness must not restart a busy one)."""
+        self._running = running
+        self.stubs.admission.on_saturation = self.saturation_changed
+
+    def saturation_changed(self, saturated: bool) -> None:
+        if self._running is None:
+            return
+        if saturated:
+            log.warning("saturated: new conversations are refused until a new turn's wait is back within budget")
+        else:
+            log.info("no longer saturated: new conversations are taken again")
+        task = asyncio.get_running_loop().create_task(self._running.set_status(SERVICE, not saturated))
+        self._health_updates.add(task)  # kept until done (the loop holds tasks weakly)
+        task.add_done_callback(self._health_updates.discard)
 
     async def warm_up(self) -> None:
         """Waits (bounded) for the three services, so the first conversation is not degraded."""

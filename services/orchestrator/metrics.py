@@ -29,6 +29,10 @@ EXPECTED_WAIT = Gauge(
     "parole_expected_wait_seconds",
     "Seconds a turn arriving now should expect to wait for its answer slot (queue ahead x recent slot time).",
 )
+SATURATED = Gauge(
+    "parole_saturated",
+    "1 while a new conversation would be refused: a new turn's expected wait is past the give-up budget.",
+)
 ADMISSION_WAIT = Histogram(
     "parole_admission_wait_seconds",
     "Seconds turns waited for an answer slot.",

@@ -48,7 +48,7 @@ def service_main(
         # The app is built inside the running loop: grpc.aio channels and other asyncio
         # objects an app creates bind to the loop that exists when they are made.
         app = build(settings)
-        await serve(name, settings, app.register, app.warm_up, app.close)
+        await serve(name, settings, app.register, app.warm_up, app.close, getattr(app, "on_serving", None))
 
     try:
         asyncio.run(main())

@@ -86,6 +86,12 @@ class RunningServer:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving", port=self.port, metrics_port=self.metrics_port)
 
+    async def set_status(self, name: str, serving: bool) -> None:
+        """One service name's health: NOT_SERVING tells a load balancer's readiness probe to
+        send new work elsewhere while the process stays alive ("" keeps saying SERVING)."""
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        await self.health.set(name, status)
+
     async def stop(self, grace: float | None) -> None:
         """Graceful stop: health goes NOT_SERVING, new calls are refused, in-flight calls get
         ``grace`` seconds to finish."""
@@ -140,6 +146,7 @@ async def serve(
     register: Register,
     warm_up: Callable[[], Awaitable[None]],
     on_stop: Callable[[], Awaitable[None]] | None = None,
+    on_serving: Callable[[RunningServer], Awaitable[None]] | None = None,
 ) -> None:
     """Runs a service until SIGTERM/SIGINT: listen (NOT_SERVING), warm up, SERVING, drain."""
     if settings.server.metrics_port is not None and settings.device.device != "cpu":
@@ -156,6 +163,8 @@ async def serve(
     if warm in done:
         warm.result()  # a failed load ends the process with its error
         await running.set_serving()
+        if on_serving is not None:
+            await on_serving(running)
         await stopped
     else:
         warm.cancel()
@@ -185,6 +194,9 @@ class ServiceApp(Protocol):
         """Releases models and connections after the server stopped."""
         ...
 
+    # Optional: ``async def on_serving(self, running: RunningServer) -> None``, called once the
+    # server is SERVING (an app that reports more than up/down in its health, such as load).
+
 
 async def start_app(app: ServiceApp, settings: ServerSettings) -> RunningServer:
     """Starts an app and waits until it is SERVING (tests and embedding)."""
@@ -195,4 +207,6 @@ async def start_app(app: ServiceApp, settings: ServerSettings) -> RunningServer:
         await running.stop(0)
         raise
     await running.set_serving()
+    if (on_serving := getattr(app, "on_serving", None)) is not None:
+        await on_serving(running)
     return running

@@ -27,6 +27,7 @@ class Harness:
     fakes: Neighbours
     stub: orchestrator_pb2_grpc.OrchestratorServiceAsyncStub
     app: OrchestratorApp
+    channel: grpc.aio.Channel
 
     def session(self, **kw: object) -> Session:
         """A conversation in English unless told otherwise (the driver's default config)."""
@@ -43,7 +44,7 @@ async def harness() -> AsyncIterator[Harness]:
     running = await start_app(app, local())
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
-            yield Harness(fakes, orchestrator_pb2_grpc.OrchestratorServiceStub(channel), app)
+            yield Harness(fakes, orchestrator_pb2_grpc.OrchestratorServiceStub(channel), app, channel)
     finally:
         await running.stop(0)
         await app.close()

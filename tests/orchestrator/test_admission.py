@@ -12,6 +12,8 @@ import pytest
 
 from parole.orchestrator.v1 import orchestrator_pb2 as pb
 from services.orchestrator.admission import DECLINED, NOTICE, Admission, Busy, Declined
+from services.orchestrator.app import SERVICE
+from services.runtime import healthcheck
 from services.runtime.errors import retry_delay
 from tests.e2e.driver import Session, is_kind
 from tests.orchestrator.conftest import Harness
@@ -218,8 +220,13 @@ async def test_a_turn_waiting_past_the_give_up_budget_is_declined_out_loud(harne
 
 async def test_a_new_conversation_is_refused_with_a_retry_hint_while_the_wait_is_too_long(harness: Harness) -> None:
     admission = fast_admission(harness, notice_after=3.0, give_up_after=5.0)
+    admission.on_saturation = harness.app.saturation_changed
     busy = await busy_model(harness)
     admission.service_seconds = 12.0  # a turn arriving now would wait 12 s > 5 s
+    admission.report()
+    # Readiness says so (the service's own name), liveness does not ("").
+    assert await health(harness, SERVICE) == healthcheck.NOT_SERVING
+    assert await health(harness, "") == healthcheck.SERVING
     refused = harness.session()
     reason = await refused.wait_ended()
     assert refused.error is not None and refused.error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, reason
@@ -228,7 +235,13 @@ async def test_a_new_conversation_is_refused_with_a_retry_hint_while_the_wait_is
     assert harness.fakes.llm.hold is not None
     harness.fakes.llm.hold.set()
     await busy.close(timeout=WAIT)
-    assert not admission.saturated
+    assert not admission.saturated and await health(harness, SERVICE) == healthcheck.SERVING
     again = harness.session()
     await again.wait_for(is_kind("session_started"), timeout=WAIT)
     await again.close(timeout=WAIT)
+
+
+async def health(harness: Harness, name: str) -> int:
+    """The orchestrator's health for ``name``, once pending updates have run."""
+    await asyncio.sleep(0)  # the status is set by a task the saturation change scheduled
+    return await healthcheck.status(harness.channel, service=name, deadline=WAIT)

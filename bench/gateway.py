@@ -47,6 +47,7 @@ from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.client import AsyncTcpClient
 from wyoming.tts import Synthesize, SynthesizeVoice
 
+from client.converse import ConverseStream, answer_audio
 from parole.audio.v1 import audio_pb2
 from parole.llm.v1 import llm_pb2, llm_pb2_grpc
 from parole.orchestrator.v1 import orchestrator_pb2 as orch_pb2
@@ -251,7 +252,6 @@ class Bench:
 
     # ------------------------------------------------------------------ conversation
     async def converse_direct(self) -> float:
-        pcm = self.question.data + silence(1.5)
         config = orch_pb2.SessionConfig(
             session_id=f"bench-{uuid.uuid4().hex[:12]}",
             language="en",
@@ -261,29 +261,15 @@ class Bench:
             barge_in=True,
             interim_results=True,
         )
-        queue: asyncio.Queue[orch_pb2.ConverseRequest | None] = asyncio.Queue()
-        sent = asyncio.Event()
-        sent_at = 0.0
-
-        async def requests() -> Any:
-            nonlocal sent_at
-            yield orch_pb2.ConverseRequest(config=config)
-            for piece in chunks(pcm, 16000, 100):
-                yield orch_pb2.ConverseRequest(audio=piece)
-            sent_at = time.perf_counter()
-            sent.set()
-            while (item := await queue.get()) is not None:
-                yield item
-
-        call = self.orch.Converse(requests(), timeout=120)
+        stream = ConverseStream(self.orch, config)
+        stream.open(timeout=120)
         try:
-            async for r in call:
-                if r.WhichOneof("event") == "reply_audio" and r.reply_audio.audio:
-                    await sent.wait()
-                    return time.perf_counter() - sent_at
+            sent_at = await stream.stream_audio(self.question.data + silence(1.5), 16000, realtime=False)
+            await stream.wait_for(answer_audio, timeout=None)
         finally:
-            call.cancel()
-        raise RuntimeError("Converse ended without answer audio")
+            stream.cancel()
+        first = next(at for at, m in stream.events if answer_audio(m))
+        return first - sent_at
 
     async def converse_gateway(self) -> float:
         pcm = resample_pcm16(self.question.data + silence(1.5), 16000, 24000)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -24,12 +24,14 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
+from client.converse import ConverseStream, is_kind
 from parole.orchestrator.v1 import orchestrator_pb2 as pb
 from parole.orchestrator.v1 import orchestrator_pb2_grpc
 from services.fleet import CATALOG, Fleet
 from services.orchestrator import metrics as orchestrator_metrics
 from services.orchestrator.app import OrchestratorApp
 from services.orchestrator.config import OrchestratorSettings
+from services.runtime.audio import chunks, silence
 from services.runtime.config import ServerSettings, load_settings
 from services.runtime.gpu_metrics import install_gpu_metrics
 from services.runtime.server import start_app
@@ -79,26 +81,18 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
 
 async def one_spoken_turn(target: str) -> pb.TurnLatency:
     """Says a question to the orchestrator and waits for the turn's latency report."""
-    speech = espeak("What is the capital of France?", "en").data
-    silence = bytes(int(16000 * 1.5) * 2)
-    done = asyncio.Event()
-
-    async def requests() -> AsyncIterator[pb.ConverseRequest]:
-        yield pb.ConverseRequest(config=pb.SessionConfig(session_id="deploy-scrape", language="en"))
-        audio = speech + silence
-        for i in range(0, len(audio), 3200):
-            yield pb.ConverseRequest(audio=audio[i : i + 3200])
-            await asyncio.sleep(0.01)
-        await done.wait()
-
+    audio = espeak("What is the capital of France?", "en").data + silence(1.5)
     async with grpc.aio.insecure_channel(target) as channel:
-        call = orchestrator_pb2_grpc.OrchestratorServiceStub(channel).Converse(requests(), timeout=90)
-        async for response in call:
-            if response.WhichOneof("event") == "latency":
-                done.set()
-                call.cancel()
-                return response.latency
-    raise AssertionError("the conversation ended without a turn")
+        config = pb.SessionConfig(session_id="deploy-scrape", language="en")
+        stream = ConverseStream(orchestrator_pb2_grpc.OrchestratorServiceStub(channel), config)
+        stream.open(timeout=90)
+        try:
+            for chunk in chunks(audio, 16000):
+                stream.send_audio(chunk)
+                await asyncio.sleep(0.01)  # ten times a microphone's pace
+            return (await stream.wait_for(is_kind("latency"), timeout=None)).latency
+        finally:
+            stream.cancel()
 
 
 def scrape(port: int) -> tuple[set[str], Samples]:

@@ -21,9 +21,10 @@ from typing import Any, TextIO
 
 from pydantic import SecretStr
 
-from client.conversation import AudioSink, Conversation, ConversationError, SessionOptions, Turn
+from client.conversation import Conversation
 from client.converse import Response
 from client.report import Rater, Rating, describe_turn, latency_table, save_report, session_report
+from client.session import AudioSink, ConversationError, SessionOptions, Turn
 from client.sinks import VirtualSink
 from services.runtime.audio import Pcm, read_wav
 from services.runtime.channel import ChannelSettings, open_channel

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from client.conversation import CHUNK_MS
+from client.session import CHUNK_MS
 from services.runtime.audio import PCM16_WIDTH, SPEECH_RATE
 
 

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from client.conversation import Turn
+from client.session import Turn
 from parole.orchestrator.v1 import orchestrator_pb2
 
 PROTOCOL = "parole-human-validation/1"

@@ -22,9 +22,9 @@ from types import FrameType
 from typing import Any
 
 from client.cli import Outcome, converse
-from client.conversation import ConversationError, SessionOptions, Turn
 from client.demo import Question, questions
 from client.report import latency_table, save_report, turn_record
+from client.session import ConversationError, SessionOptions, Turn
 from client.sinks import VirtualSink
 from services.fleet import DEFAULT, REPO, Fleet, FleetError, announce
 from services.runtime.audio import read_wav

@@ -24,7 +24,8 @@ import numpy as np
 import soxr
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from client.conversation import Conversation, ConversationError, SessionOptions
+from client.conversation import Conversation
+from client.session import ConversationError, SessionOptions
 from parole.orchestrator.v1 import orchestrator_pb2 as pb
 from services.gateway.errors import ApiError, bad_request
 from services.gateway.metrics import REALTIME_ERRORS, REALTIME_EVENTS, REALTIME_RELAY_SECONDS, REALTIME_SESSIONS

@@ -8,14 +8,13 @@ by ``bench.tts``). Every call blocks; the synthesizer runs it in its worker thre
 A voice is a style: one of the named ones (``kokoro:jf_nezumi``) or a weighted blend of them
 (``kokoro:jf_nezumi*0.6+jm_kumo*0.4``; weights are normalised to sum to 1). All voices share
 one onnxruntime session: a blend costs 256 floats per row of the style table, not a model.
+Text becomes phoneme tokens in ``services.tts.kokoro_text``.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from services.runtime.audio import float_to_pcm16
 from services.runtime.device import Placement
 from services.runtime.logging import get_logger
 from services.tts.engines import Audio, EngineError, SynthOptions, VoiceSpec, onnx_providers, session_options
+from services.tts.kokoro_text import Phonemizer, token_runs
 
 log = get_logger(__name__)
 
@@ -36,9 +36,6 @@ KOKORO_PREFIX = "kokoro:"
 SAMPLE_RATE = 24000
 BREAKER = "kokoro"
 """One breaker for every Kokoro voice: they share one model, so they fail together."""
-MAX_TOKENS = 510
-"""The style table has one row per token count (510), and the network's context is 512 with
-the two pad tokens: a longer phoneme string is spoken in several runs."""
 MAX_BLEND_PARTS = 8
 SILENCE = 0.004
 """Sample level under which Kokoro's output is silence (its floor is ~3e-4, speech onsets pass
@@ -50,118 +47,6 @@ TAIL_SECONDS = {".": 0.25, "!": 0.25, "?": 0.25, "…": 0.3, ",": 0.12, ";": 0.1
 """Silence kept after the voice, by the mark the piece ends with."""
 _STYLE_NAME = re.compile(r"^[a-z]{2}_[a-z0-9]+$")
 _BLEND_PART = re.compile(r"^([a-z]{2}_[a-z0-9]+)(?:\*(\d+(?:\.\d+)?|\.\d+))?$")
-
-# ----------------------------------------------------------------------------- phonemes
-# Marks that shape prosody and that the vocabulary has: they are cut from the text before
-# espeak-ng sees it (it would drop them from its IPA) and put back between the phonemes.
-_PUNCT = re.compile(r"\s*([,;:.!?…]+|\s[-–—]\s|[—–]|\(|\))\s*")
-_DROP = str.maketrans({c: " " for c in '"«»“”„‟[]{}<>*_#|~^`'})
-_LANG_FLAG = re.compile(r"\([a-z0-9^\-]{2,16}\)")
-# espeak-ng writes some two-letter phonemes with a tie; Kokoro's vocabulary has one symbol
-# for each (the same table as hexgrad's misaki, which produced its training phonemes).
-_TIES = {
-    "a^ɪ": "I",
-    "a^ʊ": "W",
-    "d^z": "ʣ",
-    "d^ʒ": "ʤ",
-    "e^ɪ": "A",
-    "o^ʊ": "O",
-    "ə^ʊ": "Q",
-    "s^s": "S",
-    "t^s": "ʦ",
-    "t^ʃ": "ʧ",
-    "ɔ^ɪ": "Y",
-}
-
-
-def _mark(raw: str) -> str:
-    """The vocabulary symbol for a run of punctuation: the pause it asks for."""
-    raw = raw.strip()
-    if raw in ("(", ")") or raw in ("-", "–", "—"):
-        return ","  # an aside or a dash: a short pause, like a comma
-    for mark in ("?", "!", "…", ".", ";", ":", ","):
-        if mark in raw:
-            return mark
-    return ","
-
-
-def split_clauses(text: str) -> list[tuple[str, str]]:
-    """``text`` as (words, punctuation after them) pairs; quotes and brackets are dropped."""
-    text = text.replace("’", "'").replace("...", "…").translate(_DROP)
-    out: list[tuple[str, str]] = []
-    pos = 0
-    for m in _PUNCT.finditer(text):
-        words = " ".join(text[pos : m.start()].split())
-        mark = _mark(m.group(1))
-        if words:
-            out.append((words, mark))
-        elif out and mark in "?!.…" and out[-1][1] == ",":
-            out[-1] = (out[-1][0], mark)  # "word, !" ends the sentence, not a clause
-        pos = m.end()
-    tail = " ".join(text[pos:].split())
-    if tail:
-        out.append((tail, ""))
-    return out
-
-
-class Phonemizer:
-    """French (or another espeak-ng language) text to the IPA Kokoro reads, punctuation kept.
-
-    espeak-ng runs as a process per call, like the espeak-ng voices (engines.py says why). All
-    clauses of a piece go in one call, one per line: espeak-ng answers one IPA line per input
-    line, and the punctuation it would drop is put back between them.
-    """
-
-    def __init__(
-        self, vocab: dict[str, int], voice: str = "fr-fr", executable: str | None = None, timeout: float = 10.0
-    ) -> None:
-        self._vocab = vocab
-        self._voice = voice
-        self._exe = executable or shutil.which("espeak-ng")
-        self._timeout = timeout
-
-    @property
-    def available(self) -> bool:
-        return self._exe is not None
-
-    def __call__(self, text: str) -> str:
-        clauses = split_clauses(text)
-        if not clauses:
-            return ""
-        lines = self._ipa([words for words, _ in clauses])
-        if len(lines) != len(clauses):
-            # a clause espeak-ng cut in two (it should not: its own marks were taken out)
-            lines = [" ".join(self._ipa([words])) for words, _ in clauses]
-        parts = []
-        for line, (_, mark) in zip(lines, clauses, strict=True):
-            phonemes = self._clean(line)
-            if phonemes:
-                parts.append(phonemes + mark)
-        return " ".join(parts)
-
-    def _ipa(self, lines: Sequence[str]) -> list[str]:
-        if self._exe is None:
-            raise EngineError("espeak-ng is not installed: Kokoro needs it for phonemes (apt-get install espeak-ng)")
-        cmd = [self._exe, "-q", "-v", self._voice, "--ipa", "--tie=^", "--stdin"]
-        try:
-            done = subprocess.run(
-                cmd, input="\n".join(lines).encode(), capture_output=True, timeout=self._timeout, check=False
-            )
-        except (subprocess.TimeoutExpired, OSError) as exc:
-            raise EngineError(f"espeak-ng (phonemes) failed: {exc}") from exc
-        if done.returncode != 0:
-            raise EngineError(f"espeak-ng (phonemes) exited {done.returncode}: {done.stderr.decode()[-300:]}")
-        return [line.strip() for line in done.stdout.decode().strip("\n").split("\n")]
-
-    def _clean(self, ipa: str) -> str:
-        # "(en)" / "(fr)": espeak-ng switching language for a foreign word; the phonemes stay
-        ipa = _LANG_FLAG.sub("", ipa)
-        for tied, symbol in _TIES.items():
-            ipa = ipa.replace(tied, symbol)
-        # what is left out of the vocabulary: the tie, "-" after unstressed words, stray marks
-        kept = "".join(c for c in ipa if c in self._vocab)
-        return " ".join(kept.split())
-
 
 # ----------------------------------------------------------------------------- styles
 FloatArray = npt.NDArray[np.float32]
@@ -380,26 +265,3 @@ def _trim(audio: FloatArray, last: str) -> FloatArray:
     start = max(0, int(loud[0]) - int(LEAD_SECONDS * SAMPLE_RATE))
     end = min(audio.size, int(loud[-1]) + 1 + int(tail * SAMPLE_RATE))
     return audio[start:end]
-
-
-def token_runs(ids: list[int], vocab: dict[str, int]) -> list[list[int]]:
-    """Token ids cut into runs the network takes (≤ MAX_TOKENS - 1 each), at the last
-    punctuation, else the last space, before the limit."""
-    limit = MAX_TOKENS - 1
-    if len(ids) <= limit:
-        return [ids]
-    marks = {vocab[c] for c in ",;:.!?…" if c in vocab}
-    space = vocab.get(" ")
-    runs: list[list[int]] = []
-    while len(ids) > limit:
-        window = ids[:limit]
-        cut = next((i + 1 for i in range(limit - 1, 0, -1) if window[i] in marks), None)
-        if cut is None:
-            cut = next((i for i in range(limit - 1, 0, -1) if window[i] == space), limit)
-        runs.append(ids[:cut])
-        ids = ids[cut:]
-        while ids and ids[0] == space:
-            ids = ids[1:]
-    if ids:
-        runs.append(ids)
-    return runs

@@ -22,7 +22,8 @@ from services.runtime.server import start_app
 from services.tts.app import TtsApp
 from services.tts.config import DEFAULT_FRENCH_KOKORO, KokoroSettings
 from services.tts.engines import EspeakEngine, PiperEngine
-from services.tts.kokoro import MAX_TOKENS, KokoroEngine, parse_blend, split_clauses, token_runs
+from services.tts.kokoro import KokoroEngine, parse_blend
+from services.tts.kokoro_text import MAX_TOKENS, split_clauses, token_runs
 from services.tts.voices import VoiceRegistry
 from tests.tts.conftest import add_kokoro, add_piper_voice, tts_settings
 from tests.tts.test_service import transcribe

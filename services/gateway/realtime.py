@@ -32,6 +32,7 @@ from services.gateway.metrics import REALTIME_ERRORS, REALTIME_EVENTS, REALTIME_
 from services.runtime.audio import PCM16_WIDTH, SPEECH_RATE, chunks, resample_pcm16
 from services.runtime.channel import open_channel
 from services.runtime.logging import get_logger
+from services.runtime.streams import Channel
 
 if TYPE_CHECKING:
     import grpc
@@ -159,7 +160,7 @@ class RealtimeSession:
         self._channel: grpc.aio.Channel | None = None
         # Converse events, tagged with the Converse session they came from: a reopened session
         # (same session id, for the LLM history) numbers its turns from 1 again.
-        self._events: asyncio.Queue[tuple[int, float, pb.ConverseResponse] | None] = asyncio.Queue()
+        self._events: Channel[tuple[int, float, pb.ConverseResponse]] = Channel()
         self._generation = 0
         self._translator: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
@@ -463,7 +464,7 @@ class RealtimeSession:
             await self._options(),
             _PlaybackClock(),
             input_rate=SPEECH_RATE,
-            on_event=lambda r: self._events.put_nowait((generation, time.perf_counter(), r)),
+            on_event=lambda r: self._event(generation, r),
             start_timeout=10.0,
         )
         self._conv_key = key
@@ -506,7 +507,7 @@ class RealtimeSession:
                 await conv.close(grace=grace)
         if self._closed:
             if self._translator is not None:
-                self._events.put_nowait(None)
+                self._events.close()
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self._translator, 2.0)
             if self._channel is not None:
@@ -648,8 +649,14 @@ class RealtimeSession:
             self.conv.interrupt()
 
     # ------------------------------------------------------------------ Converse → Realtime
+    def _event(self, generation: int, r: pb.ConverseResponse) -> None:
+        """Queues a Converse event for translation, with the time it arrived; dropped once the
+        session is closing (nobody translates any more)."""
+        if not self._events.closed:
+            self._events.send_nowait((generation, time.perf_counter(), r))
+
     async def _translate(self) -> None:
-        while (item := await self._events.get()) is not None:
+        async for item in self._events:
             try:
                 await self._on_converse(*item)
             except Exception as exc:

@@ -36,6 +36,7 @@ from services.gateway.errors import ApiError, from_grpc
 from services.gateway.metrics import WYOMING_CONNECTIONS, WYOMING_REQUESTS
 from services.runtime.audio import INPUT_RATES, PCM16_WIDTH, SPEECH_RATE
 from services.runtime.logging import get_logger
+from services.runtime.streams import Channel
 
 if TYPE_CHECKING:
     from services.gateway.app import GatewayApp
@@ -175,7 +176,8 @@ class AsrHandler(_Handler):
         super().__init__(app, reader, writer)
         self.language = ""
         self.model = ""
-        self._audio: asyncio.Queue[bytes | None] | None = None
+        self._audio: Channel[stt_pb2.StreamingRecognizeRequest] | None = None
+        """The open transcription's request stream (config first, then audio), or None."""
         self._results: asyncio.Task[list[str]] | None = None
         self._converter: AudioChunkConverter | None = None
         self._rate = SPEECH_RATE
@@ -217,15 +219,10 @@ class AsrHandler(_Handler):
             ),
             model_hint=hint,
         )
-        queue: asyncio.Queue[bytes | None] = asyncio.Queue()
-        self._audio = queue
-
-        async def requests() -> AsyncIterator[stt_pb2.StreamingRecognizeRequest]:
-            yield stt_pb2.StreamingRecognizeRequest(config=config)
-            while (chunk := await queue.get()) is not None:
-                yield stt_pb2.StreamingRecognizeRequest(audio=chunk)
-
-        call = self.app.stt.StreamingRecognize(requests(), timeout=self.app.settings.http.timeout_seconds)
+        requests: Channel[stt_pb2.StreamingRecognizeRequest] = Channel()
+        requests.send_nowait(stt_pb2.StreamingRecognizeRequest(config=config))
+        self._audio = requests
+        call = self.app.stt.StreamingRecognize(requests, timeout=self.app.settings.http.timeout_seconds)
         self._results = asyncio.create_task(self._read_results(call))
         await self.write_event(TranscriptStart(language=self.language or None).event())
 
@@ -258,7 +255,7 @@ class AsrHandler(_Handler):
                 f"more than {self.settings.max_audio_seconds:g} s of audio in one transcription", "audio_too_long"
             )
         if data:
-            self._audio.put_nowait(data)
+            self._audio.send_nowait(stt_pb2.StreamingRecognizeRequest(audio=data))
 
     async def _stop(self) -> None:
         if self._audio is None or self._results is None:
@@ -267,7 +264,7 @@ class AsrHandler(_Handler):
             await self.write_event(Transcript(text="", language=self.language or None).event())
             WYOMING_REQUESTS.labels("asr", "empty").inc()
             return
-        self._audio.put_nowait(None)
+        self._audio.close()
         results, self._results, self._audio = self._results, None, None
         parts = await results
         await self.write_event(TranscriptStop().event())
@@ -331,7 +328,8 @@ class TtsHandler(_Handler):
 
     def __init__(self, app: GatewayApp, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         super().__init__(app, reader, writer)
-        self._text: asyncio.Queue[str | None] | None = None
+        self._text: Channel[tts_pb2.StreamingSynthesizeRequest] | None = None
+        """The open text stream's requests (config first, then text), or None."""
         self._audio: asyncio.Task[None] | None = None
 
     async def handle_event(self, event: Event) -> bool:
@@ -350,7 +348,7 @@ class TtsHandler(_Handler):
             text = SynthesizeChunk.from_event(event).text
             if not isinstance(text, str):
                 raise BadRequest("synthesize-chunk.text must be a string")
-            self._text.put_nowait(text)
+            self._text.send_nowait(tts_pb2.StreamingSynthesizeRequest(text=text))
         elif SynthesizeStop.is_type(event.type):
             await self._stream_stop()
         return True
@@ -395,15 +393,10 @@ class TtsHandler(_Handler):
     async def _stream_start(self, voice: SynthesizeVoice | None) -> None:
         await self.reset()
         config = await self._config(voice)
-        queue: asyncio.Queue[str | None] = asyncio.Queue()
-        self._text = queue
-
-        async def requests() -> AsyncIterator[tts_pb2.StreamingSynthesizeRequest]:
-            yield tts_pb2.StreamingSynthesizeRequest(config=config)
-            while (text := await queue.get()) is not None:
-                yield tts_pb2.StreamingSynthesizeRequest(text=text)
-
-        call = self.app.tts.StreamingSynthesize(requests(), timeout=self.app.settings.http.timeout_seconds)
+        requests: Channel[tts_pb2.StreamingSynthesizeRequest] = Channel()
+        requests.send_nowait(tts_pb2.StreamingSynthesizeRequest(config=config))
+        self._text = requests
+        call = self.app.tts.StreamingSynthesize(requests, timeout=self.app.settings.http.timeout_seconds)
 
         async def speak() -> None:
             try:
@@ -418,7 +411,7 @@ class TtsHandler(_Handler):
     async def _stream_stop(self) -> None:
         if self._text is None or self._audio is None:
             raise BadRequest("synthesize-stop outside a stream: send synthesize-start first", "no_stream")
-        self._text.put_nowait(None)
+        self._text.close()
         audio, self._audio, self._text = self._audio, None, None
         await audio
         await self.write_event(SynthesizeStopped().event())

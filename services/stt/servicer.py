@@ -12,7 +12,8 @@ import soxr
 from parole.audio.v1 import audio_pb2
 from parole.stt.v1 import stt_pb2, stt_pb2_grpc
 from services.runtime.audio import PCM16_WIDTH, SPEECH_RATE, FloatAudio, check_input_rate, read_wav_bytes, resample
-from services.runtime.errors import FailedPrecondition, InvalidArgument
+from services.runtime.config_first import after_config, first_config
+from services.runtime.errors import InvalidArgument
 from services.stt.config import SttSettings
 from services.stt.endpointing import VadModel
 from services.stt.engine import DecodeOptions, Transcript
@@ -133,14 +134,9 @@ class SttServicer(stt_pb2_grpc.SttServiceServicer):
         request_iterator: AsyncIterator[stt_pb2.StreamingRecognizeRequest],
         context: grpc.aio.ServicerContext[stt_pb2.StreamingRecognizeRequest, stt_pb2.StreamingRecognizeResponse],
     ) -> AsyncIterator[stt_pb2.StreamingRecognizeResponse]:
-        first = await anext(aiter(request_iterator), None)
+        first = await first_config(request_iterator, "StreamingRecognize", required=False)
         if first is None:
             return  # the client closed without sending anything: nothing to recognize
-        if first.WhichOneof("request") != "config":
-            raise FailedPrecondition(
-                "the first message of StreamingRecognize must carry config; audio came first",
-                fields={"request": "config expected first"},
-            )
         config = first.config
         fmt = config.audio_format
         if fmt.encoding == audio_pb2.AUDIO_ENCODING_WAV:
@@ -184,12 +180,8 @@ class SttServicer(stt_pb2_grpc.SttServiceServicer):
         requests: AsyncIterator[stt_pb2.StreamingRecognizeRequest], converter: AudioConverter
     ) -> AsyncIterator[FloatAudio | EndUtterance]:
         counter = AUDIO_SECONDS.labels("streaming")
-        async for request in requests:
+        async for request in after_config(requests, "StreamingRecognize"):
             which = request.WhichOneof("request")
-            if which == "config":
-                raise FailedPrecondition(
-                    "config may only be sent once, as the first message", fields={"request": "second config"}
-                )
             if which == "end_utterance":
                 yield END_UTTERANCE
                 continue

@@ -10,7 +10,8 @@ import grpc
 
 from parole.audio.v1 import audio_pb2
 from parole.tts.v1 import tts_pb2, tts_pb2_grpc
-from services.runtime.errors import FailedPrecondition, ResourceExhausted
+from services.runtime.config_first import after_config, first_config
+from services.runtime.errors import ResourceExhausted
 from services.tts.streaming import FLUSH, Flush, StreamSynthesis
 from services.tts.synthesizer import AUDIO_SECONDS, TIME_TO_FIRST_AUDIO, Plan, Spoken, Synthesizer, join
 
@@ -88,22 +89,13 @@ class TtsServicer(tts_pb2_grpc.TtsServiceServicer):
             sequence += 1
 
     async def _read_config(self, requests: AsyncIterator[tts_pb2.StreamingSynthesizeRequest]) -> Plan:
-        first = await anext(requests, None)
-        if first is None or first.WhichOneof("request") != "config":
-            raise FailedPrecondition(
-                "the first message of StreamingSynthesize must carry `config`, before any text or flush",
-                fields={"config": "missing in the first message"},
-            )
+        first = await first_config(requests, "StreamingSynthesize")
         return _plan(self._synth, first.config)
 
     @staticmethod
     async def _texts(requests: AsyncIterator[tts_pb2.StreamingSynthesizeRequest]) -> AsyncIterator[str | Flush]:
-        async for request in requests:
+        async for request in after_config(requests, "StreamingSynthesize"):
             kind = request.WhichOneof("request")
-            if kind == "config":
-                raise FailedPrecondition(
-                    "`config` may only be sent once, in the first message", fields={"config": "sent again"}
-                )
             if kind == "text":
                 yield request.text
             elif kind == "flush":

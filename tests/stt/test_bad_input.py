@@ -46,7 +46,7 @@ async def expect_error(served: Served, requests: list[stt_pb2.StreamingRecognize
 async def test_audio_before_config(stt: Served, short_phrase: Pcm) -> None:
     err = await expect_error(stt, stream_requests(None, short_phrase.data[:3200]))
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "config" in (err.details() or "")
+    assert "must carry `config`; `audio` came first" in (err.details() or "")
     await assert_serving(stt, short_phrase)
 
 
@@ -55,6 +55,7 @@ async def test_second_config_mid_stream(stt: Served, short_phrase: Pcm) -> None:
     requests.append(stt_pb2.StreamingRecognizeRequest(config=config()))
     err = await expect_error(stt, requests)
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "`config` may only be sent once" in (err.details() or "")
     await assert_serving(stt, short_phrase)
 
 

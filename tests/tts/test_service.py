@@ -324,6 +324,7 @@ async def test_incremental_call_order_is_checked(tts_stub: tts_pb2_grpc.TtsServi
 
     err = await code_of(_first(tts_stub.StreamingSynthesize(text_first())))
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "the first message of StreamingSynthesize must carry `config`; `text` came first" in (err.details() or "")
 
     async def config_only() -> AsyncIterator[tts_pb2.StreamingSynthesizeRequest]:
         yield tts_pb2.StreamingSynthesizeRequest(config=EN)
@@ -338,6 +339,7 @@ async def test_incremental_call_order_is_checked(tts_stub: tts_pb2_grpc.TtsServi
 
     err = await code_of(_first(tts_stub.StreamingSynthesize(config_twice())))
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert field_violations(err) == {"config": "sent again"}
     await still_serving(tts_stub)
 
 

@@ -8,12 +8,14 @@ recordings in ../shared/speech when present), streamed at real-time pace:
 
 - **streamed**: through the orchestrator. Time to first audio = end of the user's speech (the
   moment the last speech sample left the client) → first answer audio at the client.
-- **sequential** (the original design): the same audio, the same models, one stage after the
-  other — endpointing silence, then the whole transcript (unary Recognize), then the whole
-  answer (Generate to the end), then the whole audio (unary Synthesize).
-- **floor**: each stage's best time measured alone for the same turn — endpointing silence +
-  fastest decode of the utterance + fastest first token of the same prompt + fastest first
-  audio of the answer's first clause. Nothing streamed can beat it on this machine.
+- **sequential** (the original design, ``bench.baseline``): the same audio, the same models,
+  one stage after the other — endpointing silence, then the whole transcript (unary
+  Recognize), then the whole answer (Generate to the end), then the whole audio (unary
+  Synthesize).
+- **floor** (``bench.baseline``): each stage's best time measured alone for the same turn —
+  endpointing silence + fastest decode of the utterance + fastest first token of the same
+  prompt + fastest first audio of the answer's first clause. Nothing streamed can beat it on
+  this machine.
 
 The ratio sequential/streamed and the distance above the floor are reported per question and
 as medians. Every number comes from the same run.
@@ -30,92 +32,36 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
 import json
-import math
 import os
 import platform
-import re
 import statistics
-import time
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import grpc
-import numpy as np
 
+from bench.baseline import floor, sequential_turn
+from bench.common import REPO, Question, percentile, questions, speech_end
+from bench.fleet import Changes, fleet, merged
 from client.converse import ConverseStream, answer_audio, final_transcript, is_kind
 from parole.audio.v1 import audio_pb2
-from parole.llm.v1 import llm_pb2, llm_pb2_grpc
+from parole.llm.v1 import llm_pb2_grpc
 from parole.orchestrator.v1 import orchestrator_pb2 as opb
 from parole.orchestrator.v1 import orchestrator_pb2_grpc
-from parole.stt.v1 import stt_pb2, stt_pb2_grpc
-from parole.tts.v1 import tts_pb2, tts_pb2_grpc
+from parole.stt.v1 import stt_pb2_grpc
+from parole.tts.v1 import tts_pb2_grpc
 from services.fleet import Fleet
 from services.models.store import ModelError, ModelStore
-from services.runtime.audio import Pcm, read_wav, resample_pcm16, silence
+from services.runtime.audio import Pcm, silence
 from services.runtime.config import default_model_dir
-from services.stt.config import StreamingSettings
 from services.testkit.transcripts import normalise, word_error_rate
-from services.tts.text import IncrementalSplitter, SplitPolicy
 
-REPO = Path(__file__).resolve().parent.parent
-DEMO = REPO / "client" / "demo"
-SHARED = REPO.parent / "shared" / "speech"
-SILENCE_MS = 300
 MAX_SILENCE_CHUNKS = 150
 """After the question, up to 15 s of silence until the turn ends: a live microphone goes on."""
 PCM = audio_pb2.AUDIO_ENCODING_PCM_S16LE
-
-
-@dataclass(frozen=True)
-class Question:
-    """A spoken question: its name, language, reference text and 16 kHz audio."""
-
-    name: str
-    language: str
-    text: str
-    pcm: Pcm
-
-
-def questions() -> list[Question]:
-    """The bundled questions and the real recordings (short ones: long ones are speeches)."""
-    out = []
-    turns = SHARED / "turns"
-    for manifest, folder in (
-        (DEMO / "questions.tsv", DEMO),
-        (SHARED / "manifest.tsv", SHARED),
-        (turns / "manifest.tsv", turns),
-    ):
-        if not manifest.is_file():
-            continue
-        with manifest.open() as f:
-            for row in csv.DictReader(f, delimiter="\t"):
-                if float(row.get("duration_s") or 0) > 6 or row.get("kind", "complete") != "complete":
-                    continue  # long recordings are speeches; paused ones test turn-taking (bench.stt)
-                pcm = read_wav(folder / row["file"])
-                audio = Pcm(resample_pcm16(pcm.data, pcm.sample_rate, 16000), 16000)
-                out.append(Question(row["file"], row["language"], row.get("text") or row["transcript"], audio))
-    return out
-
-
-def speech_end(pcm: Pcm) -> float:
-    """Seconds into the clip where speech ends: recordings carry trailing silence, and the
-    clock must start when the user stopped talking, not when the file ran out."""
-    samples = np.frombuffer(pcm.data, dtype="<i2").astype(np.float32) / 32768
-    frame = pcm.sample_rate // 50  # 20 ms
-    n = len(samples) // frame
-    rms = np.sqrt((samples[: n * frame].reshape(n, frame) ** 2).mean(axis=1))
-    loud = np.nonzero(rms > max(0.01, 0.1 * float(rms.max())))[0]
-    return float((loud[-1] + 1) * frame / pcm.sample_rate) if loud.size else pcm.duration
-
-
-def percentile(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
 
 
 async def streamed_turn(stub: Any, language: str, pcm: Pcm) -> dict[str, Any]:
@@ -169,112 +115,6 @@ def playback_stalls(chunks: list[tuple[float, Any]]) -> float:
     return stalls
 
 
-async def sequential_turn(stt: Any, llm: Any, tts: Any, language: str, pcm: Pcm) -> dict[str, Any]:
-    """The original design: each stage waits for the whole previous one."""
-    fmt = audio_pb2.AudioFormat(sample_rate_hz=16000, encoding=PCM)
-    t0 = time.monotonic()
-    rec = await stt.Recognize(
-        stt_pb2.RecognizeRequest(config=stt_pb2.RecognitionConfig(language=language, audio_format=fmt), audio=pcm.data)
-    )
-    t_stt = time.monotonic()
-    reply = ""
-    async for r in llm.Generate(
-        llm_pb2.GenerateRequest(
-            session_id=f"bench-{uuid.uuid4().hex[:12]}",
-            text=rec.result.transcript,
-            options=llm_pb2.GenerationOptions(language=language),
-        )
-    ):
-        if r.WhichOneof("response") == "summary":
-            reply = r.summary.text
-    t_llm = time.monotonic()
-    await tts.Synthesize(tts_pb2.SynthesizeRequest(text=reply, config=tts_pb2.SynthesisConfig(language=language)))
-    t_tts = time.monotonic()
-    stages = {"stt_s": t_stt - t0, "llm_s": t_llm - t_stt, "tts_s": t_tts - t_llm}
-    return {
-        # The original's end of turn: a fixed silence, then the whole chain one after another.
-        "time_to_first_audio_s": SILENCE_MS / 1000 + sum(stages.values()),
-        **stages,
-        "transcript": rec.result.transcript,
-        "reply": reply,
-    }
-
-
-def first_piece(reply: str, language: str) -> str:
-    """The first piece of ``reply`` the TTS speaks on its own, cut as its incremental splitter
-    cuts an answer arriving token by token."""
-    splitter = IncrementalSplitter(language, SplitPolicy())
-    for word in re.findall(r"\S+\s*", reply):
-        pieces = splitter.feed(word)
-        if pieces:
-            return pieces[0].strip()
-    return splitter.flush().strip()
-
-
-async def floor(
-    stt: Any, llm: Any, tts: Any, language: str, pcm: Pcm, transcript: str, reply: str, round_index: int
-) -> dict[str, float]:
-    """Each stage alone, once, for this turn (the caller keeps the best of several rounds):
-    the pause at which the STT starts decoding, the decode (or the end-of-turn silence, if
-    longer), the LLM until the first piece the TTS speaks has been generated, and the TTS
-    until that piece's first audio. Nothing streamed can beat their sum on this machine."""
-    fmt = audio_pb2.AudioFormat(sample_rate_hz=16000, encoding=PCM)
-    # A little silence makes each request's audio differ, should a result cache be on.
-    audio = pcm.data + silence(0.01 * (round_index + 1))
-    t = time.monotonic()
-    await stt.Recognize(
-        stt_pb2.RecognizeRequest(config=stt_pb2.RecognitionConfig(language=language, audio_format=fmt), audio=audio)
-    )
-    decode = time.monotonic() - t
-    piece = first_piece(reply, language)
-    t = time.monotonic()
-    first_token, first_piece_at = float("nan"), float("nan")
-    text = ""
-    call = llm.Generate(
-        llm_pb2.GenerateRequest(
-            session_id=f"bench-{uuid.uuid4().hex[:12]}",
-            text=transcript,
-            options=llm_pb2.GenerationOptions(language=language, max_tokens=24, temperature=0.0),
-        )
-    )
-    async for r in call:
-        if r.WhichOneof("response") == "delta":
-            if math.isnan(first_token):
-                first_token = time.monotonic() - t
-            text += r.delta
-            if len(text.split()) > len(piece.split()):  # the piece is complete once a word follows it
-                first_piece_at = time.monotonic() - t
-                call.cancel()
-                break
-    t = time.monotonic()
-    tts_first = float("nan")
-    async for _ in tts.SynthesizeStream(
-        tts_pb2.SynthesizeStreamRequest(text=piece, config=tts_pb2.SynthesisConfig(language=language))
-    ):
-        tts_first = time.monotonic() - t
-        break
-    streaming = StreamingSettings()
-    pause = streaming.speculative_pause_ms / 1000
-    end_of_turn = streaming.turn.complete_silence_ms / 1000
-    parts = {
-        "speculative_pause_s": pause,
-        "stt_decode_s": decode,
-        "end_of_turn_wait_s": max(0.0, end_of_turn - pause - decode),
-        "llm_first_token_s": first_token,
-        "llm_first_piece_rest_s": first_piece_at - first_token,
-        "tts_first_audio_s": tts_first,
-    }
-    return {**parts, "floor_s": sum(parts.values())}
-
-
-CACHES_OFF = {
-    "stt": {"STT_CACHE_MAX_BYTES": "0"},
-    "llm": {"LLM_BACKENDS": '["llamacpp","canned"]'},
-    "tts": {"TTS_CACHE_BYTES": "0"},
-}
-"""Result caches off: repeated questions must cost what new ones do, or the comparison
-measures the caches. The LLM's prompt-prefix reuse stays: it is not a result cache."""
-
 SMALL_LLM = "qwen2.5-coder-0.5b-instruct"
 FULL_WINDOW = {"stt": {"STT_ENGINES": '[{"name": "base", "window_padding_seconds": null}]'}}
 SENTENCE_FIRST = {"tts": {"TTS_SPLIT__FIRST_CHUNK_MIN_WORDS": "50", "TTS_SPLIT__FIRST_CHUNK_MAX_WORDS": "100"}}
@@ -282,7 +122,7 @@ NO_PREEMPT = {"orchestrator": {"ORCH_PREEMPTIVE_GENERATION": "false"}}
 SILENCE_ENDPOINTING = {"stt": {"STT_STREAMING__TURN__MODE": "silence"}}
 FRENCH_ESPEAK = {"orchestrator": {"ORCH_DEFAULTS__VOICES": '{"fr": "espeak-ng:fr"}'}}
 
-CONFIGS: dict[str, list[dict[str, dict[str, str]]]] = {
+CONFIGS: dict[str, list[Changes]] = {
     "defaults": [],
     "stt-full-window": [FULL_WINDOW],
     "tts-first-sentence": [SENTENCE_FIRST],
@@ -296,20 +136,6 @@ CONFIGS: dict[str, list[dict[str, dict[str, str]]]] = {
 window, the TTS's short first piece, answering ahead, semantic end of turn, the Kokoro French
 voice), all of them off (the settings before the latency work), and a smaller LLM. The first
 one is the main configuration: it also runs the sequential baseline and the floor."""
-
-
-def merged(*parts: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
-    env: dict[str, dict[str, str]] = {}
-    for part in parts:
-        for service, values in part.items():
-            env.setdefault(service, {}).update(values)
-    return env
-
-
-def fleet(changes: list[dict[str, dict[str, str]]]) -> Fleet:
-    """The production fleet with result caches off and the configuration's changes."""
-    names = ("stt", "llm", "tts", "orchestrator")
-    return Fleet(env=merged(CACHES_OFF, *changes), ports=dict.fromkeys(names, 0), metrics_ports=dict.fromkeys(names, 0))
 
 
 def wer(rows: list[tuple[Question, dict[str, Any]]]) -> float:

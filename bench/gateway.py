@@ -31,7 +31,6 @@ import asyncio
 import base64
 import json
 import os
-import platform
 import statistics
 import time
 import uuid
@@ -47,6 +46,7 @@ from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.client import AsyncTcpClient
 from wyoming.tts import Synthesize, SynthesizeVoice
 
+from bench.common import host
 from client.converse import ConverseStream, answer_audio
 from parole.audio.v1 import audio_pb2
 from parole.llm.v1 import llm_pb2, llm_pb2_grpc
@@ -142,9 +142,10 @@ class Bench:
         r.raise_for_status()
         return time.perf_counter() - t
 
-    async def tts_direct(self) -> float:
+    async def tts_direct(self, sample_rate_hz: int = 24000) -> float:
+        """SynthesizeStream's first chunk (``sample_rate_hz`` 0: the voice's own rate)."""
         t = time.perf_counter()
-        config = tts_pb2.SynthesisConfig(voice=VOICE, sample_rate_hz=24000)
+        config = tts_pb2.SynthesisConfig(voice=VOICE, sample_rate_hz=sample_rate_hz)
         call = self.tts.SynthesizeStream(tts_pb2.SynthesizeStreamRequest(text=SENTENCE, config=config), timeout=60)
         async for _ in call:
             break
@@ -240,15 +241,7 @@ class Bench:
 
     async def tts_direct_native(self) -> float:
         """SynthesizeStream at the voice's own rate, as the Wyoming server asks for it."""
-        t = time.perf_counter()
-        call = self.tts.SynthesizeStream(
-            tts_pb2.SynthesizeStreamRequest(text=SENTENCE, config=tts_pb2.SynthesisConfig(voice=VOICE)), timeout=60
-        )
-        async for _ in call:
-            break
-        elapsed = time.perf_counter() - t
-        call.cancel()
-        return elapsed
+        return await self.tts_direct(sample_rate_hz=0)
 
     # ------------------------------------------------------------------ conversation
     async def converse_direct(self) -> float:
@@ -345,12 +338,7 @@ def fleet() -> Fleet:
 async def run(fleet: Fleet, rounds: int, model_rounds: int, turns: int) -> dict[str, Any]:
     results: dict[str, Any] = {
         "benchmark": "gateway",
-        "host": {
-            "cpus": os.cpu_count(),
-            "machine": platform.machine(),
-            "python": platform.python_version(),
-            "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-        },
+        "host": host(),
         "settings": {
             "rounds": rounds,
             "model_rounds": model_rounds,

@@ -44,22 +44,14 @@ from typing import Any
 
 import grpc
 
-from bench.e2e import fleet as e2e_fleet
-from bench.load import (
-    SessionEnded,
-    Talker,
-    TurnResult,
-    fleet_stats,
-    spoken_questions,
-    summarize,
-    typed_questions,
-    warm_up,
-)
+from bench.common import REPO
+from bench.fleet import fleet as production_fleet
+from bench.fleet import fleet_stats
+from bench.load import spoken_questions, summarize, typed_questions, warm_up
+from bench.talker import SessionEnded, Talker, TurnResult
 from parole.orchestrator.v1 import orchestrator_pb2_grpc
 from services.fleet import Fleet
 from services.testkit.ledger import record
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def slope(xs: Sequence[float], ys: Sequence[float]) -> float:
@@ -241,7 +233,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.turns < 1 or args.per_session < 1 or args.concurrent < 1:
         parser.error("--turns, --per-session and --concurrent must be positive")
-    with e2e_fleet([]) as running:  # main thread: the services die with this process
+    with production_fleet([]) as running:  # main thread: the services die with this process
         report = asyncio.run(
             run(
                 running,

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.common import REPO, SPEECH_DIR, percentile
 from client.demo import questions as demo_questions
 from services.models.store import ModelStore
 from services.runtime.audio import Pcm, pcm16_to_float, read_wav, resample_pcm16
@@ -36,8 +37,6 @@ from services.testkit.speech import espeak, piper_joe
 from services.testkit.stt import loopback_settings
 from services.testkit.transcripts import normalise, word_error_rate
 
-REPO = Path(__file__).resolve().parent.parent
-SHARED = Path(os.environ.get("PAROLE_SPEECH_DIR", REPO.parent / "shared" / "speech"))
 JOE = [
     "Could you tell me how long it takes to drive to the airport?",
     "Please set a timer for ten minutes and remind me to call my sister.",
@@ -68,7 +67,7 @@ def _manifest(folder: Path) -> list[tuple[str, str, str, Pcm]]:
 
 def clips(store: ModelStore) -> list[tuple[str, str, str, Pcm]]:
     """(name, language, reference, 16 kHz audio) of every clip."""
-    out = _manifest(SHARED) + _manifest(SHARED / "turns")
+    out = _manifest(SPEECH_DIR) + _manifest(SPEECH_DIR / "turns")
     for q in demo_questions():
         pcm = read_wav(q.path)
         out.append((f"demo/{q.path.name}", q.language, q.text, pcm))
@@ -76,11 +75,6 @@ def clips(store: ModelStore) -> list[tuple[str, str, str, Pcm]]:
     out += [(f"espeak-fr-{i}", "fr", t, espeak(t, "fr")) for i, t in enumerate(ESPEAK_FR)]
     out += [(f"espeak-en-{i}", "en", t, espeak(t, "en")) for i, t in enumerate(ESPEAK_EN)]
     return out
-
-
-def percentile(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
 
 
 Window = tuple[float | None, float, bool]

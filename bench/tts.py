@@ -12,11 +12,12 @@ numbers), then per voice:
   pipeline sends first), p50 / p95;
 - real-time factor of whole answers (wall time / audio seconds);
 - memory: resident set added by loading the voice's engine and speaking, in a child process
-  per engine (Kokoro's styles and blends share one model, hence one figure).
+  per engine (Kokoro's styles and blends share one model, hence one figure; ``bench.tts_engines``).
 
 Then the voice against the LLM on the same cores (a turn speaks its first pieces while the
 LLM still writes): LLM decode speed alone and beside Kokoro, Kokoro's chunk time alone and
-beside the LLM, for 1 or 2 threads each; and the phrase cache.
+beside the LLM, for 1 or 2 threads each (``bench.tts_engines``); and the phrase cache. The
+answers spoken are ``bench.tts_answers``'.
 
 The CPU is shared: compare voices as ratios within one run, not across runs.
 """
@@ -26,103 +27,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import re
-import statistics
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import grpc
 
+from bench.common import host, summary
+from bench.tts_answers import ANSWERS, FIRST_CHUNK_WORDS, first_chunk
+from bench.tts_engines import contention, memory
 from parole.tts.v1 import tts_pb2, tts_pb2_grpc
 from services.runtime.config import ServerSettings, default_model_dir
 
-FRENCH_ANSWERS = [
-    "Il fait beau aujourd'hui à Lyon, avec un maximum de 24 degrés.",
-    "Votre rendez-vous chez le dentiste est demain à 9 heures.",
-    "La capitale de l'Espagne est Madrid.",
-    "J'ai ajouté du lait et des œufs à votre liste de courses.",
-    "Le prochain train pour Marseille part à 18 h 45, voie 7.",
-    "Il est actuellement 14 h 20.",
-    "D'accord, je lance un minuteur de dix minutes.",
-    "Je n'ai pas compris votre question. Pouvez-vous la reformuler ?",
-    "Demain, il va pleuvoir toute la matinée, pensez à prendre un parapluie.",
-    "La tour Eiffel mesure environ 330 mètres de haut.",
-    "Votre colis sera livré jeudi entre 10 heures et midi.",
-    "Bonne nuit, et à demain !",
-    "Le restaurant le plus proche est à cinq minutes à pied.",
-    "J'ai envoyé le message à Sophie.",
-    "Le match commence à 20 heures sur la deuxième chaîne.",
-    "Pour faire des crêpes, il faut de la farine, des œufs, du lait et une pincée de sel.",
-    "La réunion d'équipe a été déplacée à vendredi matin.",
-    "Il reste 15 % de batterie sur votre téléphone.",
-    "Le musée du Louvre est fermé le mardi.",
-    "N'oubliez pas d'appeler votre mère ce soir.",
-    "La pharmacie de garde se trouve rue Victor Hugo.",
-    "Il y a des bouchons sur l'autoroute, comptez vingt minutes de plus.",
-    "Le film dure deux heures et quart.",
-    "Votre vol pour Montréal décolle à 7 h 30 de l'aéroport Charles de Gaulle.",
-    "Bien sûr, je lance votre musique préférée.",
-    "L'eau est à 19 degrés, elle est encore un peu fraîche.",
-    "Votre facture d'électricité s'élève à 62 euros ce mois-ci.",
-    "Le marché est ouvert tous les samedis de 8 heures à 13 heures.",
-    "Je ne trouve pas ce contact dans votre carnet d'adresses.",
-    "Victor Hugo a écrit Les Misérables en 1862.",
-    "Le soleil se couche ce soir à 20 h 15.",
-    "Vous avez trois nouveaux messages, dont un de votre banque.",
-    "Attention, la route est glissante ce matin à cause du verglas.",
-    "La boulangerie ouvre à 7 heures et ferme à 19 h 30.",
-    "Je peux réserver une table pour quatre personnes samedi soir.",
-    "C'est noté : vous devez sortir les poubelles mercredi.",
-]
-ENGLISH_ANSWERS = [
-    "It is sunny today in Lyon, with a high of 24 degrees.",
-    "Your dentist appointment is tomorrow at 9 o'clock.",
-    "The capital of Spain is Madrid.",
-    "I added milk and eggs to your shopping list.",
-    "The next train to Marseille leaves at 6:45 pm from platform 7.",
-    "It is currently 2:20 pm.",
-    "All right, I am starting a ten minute timer.",
-    "I did not understand your question. Could you rephrase it?",
-    "Tomorrow it will rain all morning, remember to take an umbrella.",
-    "The Eiffel Tower is about 330 meters tall.",
-    "Your parcel will be delivered on Thursday between 10 am and noon.",
-    "Good night, and see you tomorrow!",
-    "The nearest restaurant is a five minute walk away.",
-    "I sent the message to Sophie.",
-    "The match starts at 8 pm on channel two.",
-    "To make pancakes, you need flour, eggs, milk and a pinch of salt.",
-    "The team meeting has been moved to Friday morning.",
-    "Your phone has 15% battery left.",
-    "The Louvre museum is closed on Tuesdays.",
-    "Do not forget to call your mother tonight.",
-    "The pharmacy on duty is on Victor Hugo street.",
-    "There is traffic on the highway, allow twenty more minutes.",
-    "The film lasts two hours and a quarter.",
-    "Your flight to Montreal takes off at 7:30 am from Charles de Gaulle airport.",
-    "Of course, I am playing your favorite music.",
-    "The water is 19 degrees, it is still a little cold.",
-    "Your electricity bill comes to 62 euros this month.",
-    "The market is open every Saturday from 8 am to 1 pm.",
-    "I cannot find this contact in your address book.",
-    "Victor Hugo wrote Les Misérables in 1862.",
-    "The sun sets tonight at 8:15 pm.",
-    "You have three new messages, one of them from your bank.",
-    "Be careful, the road is slippery this morning because of black ice.",
-    "The bakery opens at 7 am and closes at 7:30 pm.",
-    "I can book a table for four people on Saturday evening.",
-    "Noted: you need to take out the bins on Wednesday.",
-]
-ANSWERS = {"fr": FRENCH_ANSWERS, "en": ENGLISH_ANSWERS}
 KOKORO_STYLES = ["jf_alpha", "jf_gongitsune", "jf_nezumi", "jf_tebukuro", "jm_kumo"]
 KOKORO_BLENDS = ["jf_nezumi*0.5+jm_kumo*0.5", "jf_gongitsune*0.5+jf_nezumi*0.5", "jf_nezumi*0.7+jm_kumo*0.3"]
 """Blends considered beside the named styles (the best styles of a first pass, mixed)."""
-FIRST_CHUNK_WORDS = 4
 
 
 def default_voices() -> list[tuple[str, str]]:
@@ -130,13 +50,6 @@ def default_voices() -> list[tuple[str, str]]:
     voices += [(f"kokoro:{style}", "fr") for style in KOKORO_STYLES]
     voices += [(f"kokoro:{blend}", "fr") for blend in KOKORO_BLENDS]
     return [*voices, ("en_US-joe-medium", "en"), ("espeak-ng:en-us", "en")]
-
-
-def first_chunk(text: str) -> str:
-    """The first few words of an answer (to its first comma if sooner): what the pipeline
-    sends first, so the voice starts while the rest is written."""
-    head = text.split(",")[0].split()
-    return " ".join(head[:FIRST_CHUNK_WORDS])
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -163,22 +76,6 @@ def wer(pairs: list[tuple[str, str]], language: str) -> float:
     edits = sum(edit_distance(words(ref, language), words(hyp, language)) for ref, hyp in pairs)
     total = sum(len(words(ref, language)) for ref, _ in pairs)
     return edits / max(1, total)
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    k = (len(ordered) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    return {
-        "p50": round(pct(values, 0.5), 4),
-        "p95": round(pct(values, 0.95), 4),
-        "mean": round(statistics.fmean(values), 4),
-        "n": len(values),
-    }
 
 
 # ----------------------------------------------------------------------------- per voice
@@ -270,159 +167,6 @@ async def bench_cache(stub: tts_pb2_grpc.TtsServiceAsyncStub, rounds: int) -> di
     return {"phrase": text, "first_s": round(miss, 4), "cached_s": summary(hits)}
 
 
-# ----------------------------------------------------------------------------- memory
-def _status_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return 0
-
-
-def probe_memory(engine: str, threads: int) -> dict[str, Any]:
-    """In this (child) process: resident memory added by loading one engine and speaking."""
-    import onnxruntime  # noqa: F401 - imported before the baseline: shared by every engine
-    from piper import PiperVoice  # noqa: F401
-
-    from services.models.store import ModelStore
-    from services.runtime.device import Placement
-    from services.tts.engines import EspeakEngine, PiperEngine, SynthOptions
-    from services.tts.kokoro import KokoroEngine
-
-    store = ModelStore(default_model_dir())
-    cpu = Placement("cpu", 0, "int8")
-    texts = ENGLISH_ANSWERS if engine == "piper" else FRENCH_ANSWERS
-    base = _status_kb("VmRSS")
-    speaker: Any
-    if engine == "kokoro":
-        from services.tts.config import DEFAULT_FRENCH_KOKORO, KokoroSettings
-
-        kokoro = KokoroSettings()
-        speaker = KokoroEngine(store, cpu, threads=threads or kokoro.threads, pace=kokoro.pace)
-        voice = DEFAULT_FRENCH_KOKORO
-    elif engine == "piper":
-        speaker, voice = PiperEngine(store, cpu, threads), "en_US-joe-medium"
-    else:
-        speaker, voice = EspeakEngine(), "espeak-ng:fr"
-    speaker.load(voice)
-    loaded = _status_kb("VmRSS")
-    for text in texts:
-        speaker.synthesize(voice, text, SynthOptions())
-    return {
-        "engine": engine,
-        "rss_added_by_load_mb": round((loaded - base) / 1024, 1),
-        "rss_added_after_speaking_mb": round((_status_kb("VmRSS") - base) / 1024, 1),
-        "peak_rss_mb": round(_status_kb("VmHWM") / 1024, 1),
-        "baseline_rss_mb": round(base / 1024, 1),
-        # espeak-ng speaks in a short-lived process per call (Kokoro runs one for phonemes):
-        # not counted here
-    }
-
-
-def memory(engines: list[str], threads: int | None) -> list[dict[str, Any]]:
-    out = []
-    for engine in engines:
-        done = subprocess.run(
-            [sys.executable, "-m", "bench.tts", "--probe-memory", engine, "--threads", str(threads or 0)],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=600,
-        )
-        out.append(json.loads(done.stdout.strip().splitlines()[-1]))
-    return out
-
-
-# ----------------------------------------------------------------------------- threads vs the LLM
-def _speak_until(stop: threading.Event, engine: Any, voice: str, texts: list[str], times: list[float]) -> None:
-    """Speaks ``texts`` in a loop until ``stop`` is set, recording each one's time."""
-    from services.tts.engines import SynthOptions
-
-    i = 0
-    while not stop.is_set():
-        t0 = time.perf_counter()
-        engine.synthesize(voice, texts[i % len(texts)], SynthOptions())
-        times.append(time.perf_counter() - t0)
-        i += 1
-
-
-def contention(
-    voice: str, kokoro_threads: tuple[int, ...] = (1, 2), llm_threads: tuple[int, ...] = (2, 1), tokens: int = 48
-) -> dict[str, Any]:
-    """The voice and the LLM on the same cores, as in a turn (the first pieces are spoken
-    while the LLM still writes): LLM decode speed (llama.cpp, the default model) alone and
-    while Kokoro speaks short chunks back to back, and Kokoro's chunk time alone and beside
-    the LLM, for each pair of thread counts. Interleaved in this process, one pair at a time."""
-    from llama_cpp import Llama
-
-    from services.models.store import ModelStore
-    from services.runtime.device import Placement
-    from services.tts.config import KokoroSettings
-    from services.tts.engines import SynthOptions
-    from services.tts.kokoro import KokoroEngine
-
-    store = ModelStore(default_model_dir())
-    chunks = [first_chunk(t) for t in FRENCH_ANSWERS]
-    engines = {}
-    alone: dict[int, dict[str, float]] = {}
-    for threads in kokoro_threads:
-        engine = KokoroEngine(store, Placement("cpu", 0, "int8"), threads=threads, pace=KokoroSettings().pace)
-        engine.load(voice)
-        times = []
-        for text in chunks[:8]:
-            t0 = time.perf_counter()
-            engine.synthesize(voice, text, SynthOptions())
-            times.append(time.perf_counter() - t0)
-        engines[threads], alone[threads] = engine, summary(times)
-    rows = []
-    for n_llm in llm_threads:
-        llm: Any = Llama(
-            model_path=str(store.gguf("qwen2.5-coder-1.5b-instruct-q4_k_m")),
-            n_threads=n_llm,
-            n_threads_batch=n_llm,
-            verbose=False,
-        )
-        prompt = llm.tokenize(b"Explique en quelques phrases pourquoi le ciel est bleu.")
-
-        def decode_rate(llm: Any = llm, prompt: list[int] = prompt) -> float:
-            llm.reset()
-            started = None
-            count = 0
-            for _ in llm.generate(prompt, temp=0.0):
-                count += 1
-                if count == 1:
-                    started = time.perf_counter()  # after the prompt: decode speed only
-                if count > tokens:
-                    break
-            assert started is not None
-            return (count - 1) / (time.perf_counter() - started)
-
-        rate_alone = decode_rate()
-        for threads, engine in engines.items():
-            busy: list[float] = []
-            stop = threading.Event()
-            worker = threading.Thread(target=_speak_until, args=(stop, engine, voice, chunks, busy))
-            worker.start()
-            try:
-                rate = decode_rate()
-            finally:
-                stop.set()
-                worker.join()
-            rows.append(
-                {
-                    "llm_threads": n_llm,
-                    "kokoro_threads": threads,
-                    # llama.cpp's threads wait on each other: other load on the cores slows it a lot
-                    "load_average": [round(x, 2) for x in os.getloadavg()],
-                    "llm_tokens_per_s_alone": round(rate_alone, 2),
-                    "llm_tokens_per_s_beside": round(rate, 2),
-                    "first_chunk_s_alone": alone[threads],
-                    "first_chunk_s_beside_llm": summary(busy),
-                }
-            )
-        del llm
-    return {"voice": voice, "pairs": rows}
-
-
 # ----------------------------------------------------------------------------- run
 async def run(
     rounds: int, threads: int | None, voices: list[tuple[str, str]], with_memory: bool, with_llm: bool
@@ -434,13 +178,7 @@ async def run(
     server = ServerSettings(host="127.0.0.1", port=0, metrics_port=None)
     results: dict[str, Any] = {
         "benchmark": "tts",
-        "host": {
-            "cpus": os.cpu_count(),
-            "machine": platform.machine(),
-            "python": platform.python_version(),
-            # the CPU is shared: a high load average means inflated latencies
-            "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-        },
+        "host": host(),
         "settings": {
             "rounds": rounds,
             "transport": "gRPC loopback, one call at a time",
@@ -510,12 +248,8 @@ def main() -> None:
     parser.add_argument("--voices", nargs="*", help="voices to run (default: every French candidate, joe, espeak)")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-engine memory probes")
     parser.add_argument("--no-llm", action="store_true", help="skip Kokoro threads against the LLM")
-    parser.add_argument("--probe-memory", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=Path("reports/bench_tts.json"))
     args = parser.parse_args()
-    if args.probe_memory:
-        print(json.dumps(probe_memory(args.probe_memory, args.threads)))
-        return
     voices = default_voices()
     if args.voices:
         known = dict(voices)

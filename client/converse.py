@@ -8,7 +8,7 @@ it to ``on_event``; callers wait for an event matching a predicate within a dead
 flow through a ``services.runtime.streams.Channel``, handed to the stub as its request stream.
 
 Built on it: ``client.conversation.Conversation`` (turns played through an audio sink: the
-desktop client and the gateway's Realtime API), ``bench.load.Talker`` (hands-free turns and
+desktop client and the gateway's Realtime API), ``bench.talker.Talker`` (hands-free turns and
 their outcomes), ``bench.e2e`` and ``bench.gateway`` (time to first audio) and the tests'
 ``tests.e2e.driver.Session``.
 """

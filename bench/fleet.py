@@ -1,0 +1,65 @@
+"""The fleet the conversation benches run against, and what they read of its processes.
+
+``fleet(changes)`` is the production fleet (``services.fleet``: four processes, CPU, offline
+defaults) with the result caches off and a configuration's changes merged in; ``bench.e2e``
+runs one per configuration of its ablation, ``bench.load`` and ``bench.soak`` the defaults.
+``fleet_stats`` reads each service's memory and open file descriptors from /proc.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.fleet import Fleet
+
+Changes = dict[str, dict[str, str]]
+"""Environment changes by service name."""
+
+CACHES_OFF: Changes = {
+    "stt": {"STT_CACHE_MAX_BYTES": "0"},
+    "llm": {"LLM_BACKENDS": '["llamacpp","canned"]'},
+    "tts": {"TTS_CACHE_BYTES": "0"},
+}
+"""Result caches off: repeated questions must cost what new ones do, or the comparison
+measures the caches. The LLM's prompt-prefix reuse stays: it is not a result cache."""
+
+
+def merged(*parts: Changes) -> Changes:
+    env: Changes = {}
+    for part in parts:
+        for service, values in part.items():
+            env.setdefault(service, {}).update(values)
+    return env
+
+
+def fleet(changes: list[Changes]) -> Fleet:
+    """The production fleet with result caches off and the configuration's changes."""
+    names = ("stt", "llm", "tts", "orchestrator")
+    return Fleet(env=merged(CACHES_OFF, *changes), ports=dict.fromkeys(names, 0), metrics_ports=dict.fromkeys(names, 0))
+
+
+@dataclass(frozen=True)
+class ProcStat:
+    rss_mb: float
+    """Resident memory, all of it (VmRSS)."""
+    anon_mb: float
+    """Resident private memory (RssAnon): heaps, arenas, model weights read into memory. What a
+    leak grows; file-backed pages (libraries, memory-mapped files) the kernel may drop or keep."""
+    fds: int
+
+
+def proc_stat(pid: int) -> ProcStat:
+    """Resident memory (VmRSS, RssAnon) and open file descriptors of a process, from /proc."""
+    kb = {"VmRSS": 0, "RssAnon": 0}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key = line.split(":", 1)[0]
+        if key in kb:
+            kb[key] = int(line.split()[1])
+    return ProcStat(rss_mb=kb["VmRSS"] / 1024, anon_mb=kb["RssAnon"] / 1024, fds=len(os.listdir(f"/proc/{pid}/fd")))
+
+
+def fleet_stats(fleet: Fleet) -> dict[str, ProcStat]:
+    """``proc_stat`` of every service of the fleet, by name."""
+    return {name: proc_stat(child.process.pid) for name, child in fleet.children.items()}

@@ -48,9 +48,6 @@ RTF = Histogram(
 )
 CHARACTERS = Counter("parole_tts_characters_total", "Characters synthesized by an engine (not cached).", ["engine"])
 AUDIO_SECONDS = Counter("parole_tts_audio_seconds_total", "Seconds of audio sent, by engine.", ["engine"])
-FALLBACKS = Counter(
-    "parole_tts_fallbacks_total", "Pieces a voice could not speak, passed on down the chain.", ["voice"]
-)
 
 
 @dataclass(frozen=True)
@@ -209,7 +206,8 @@ class Synthesizer:
                 if audio.duration > 0:
                     RTF.labels(engine).observe(seconds / audio.duration)
                 return Spoken(piece, audio, voice.name, engine, False, seconds)
-            FALLBACKS.labels(voice.name).inc()
+            # Counted once, with every service's fallbacks: parole_fallbacks_total{service="tts",
+            # engine=<the voice's breaker>}.
             self.breakers.record_fallback(voice.spec.breaker)
         raise Unavailable(f"no voice could speak this text: {'; '.join(errors)}")
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from prometheus_client import REGISTRY
 
 from parole.tts.v1 import tts_pb2, tts_pb2_grpc
 from services.models.store import ModelStore
@@ -114,11 +115,16 @@ async def test_failing_engine_falls_back_then_its_breaker_opens(
 ) -> None:
     stub, broken, _ = faulty
     config = tts_pb2.SynthesisConfig(language="en")
+    labels = {"service": "tts", "engine": "piper:en_US-broken-high"}
+    before = REGISTRY.get_sample_value("parole_fallbacks_total", labels) or 0.0
     for i in range(2):
         response = await stub.Synthesize(tts_pb2.SynthesizeRequest(text=f"Fallback number {i + 1}.", config=config))
         assert (response.audio.voice, response.audio.engine) == ("espeak-ng:en-us", "espeak-ng")
         assert response.audio.duration_seconds > 0.5
     assert broken.calls == 2
+    # each piece passed on is counted once, with every service's fallbacks
+    assert REGISTRY.get_sample_value("parole_fallbacks_total", labels) == before + 2
+    assert REGISTRY.get_sample_value("parole_tts_fallbacks_total", {"voice": "en_US-broken-high"}) is None
     voices = await stub.ListVoices(tts_pb2.ListVoicesRequest(language="en"))
     states = {v.name: v.breaker_state for v in voices.voices}
     assert states["en_US-broken-high"] == "open"

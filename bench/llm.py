@@ -7,6 +7,11 @@
 - cold second turn: the very same follow-up prompt after emptying the cache (what the warm
   turn would cost without prefix reuse).
 
+Parallel conversations (``--parallel 1 2 --conversations 2 4``): that many first turns asked at
+once of a backend with one context, then with two (two answered at once over the same
+weights): each turn's time to first token from its submission, the time until every answer
+is done, and the tokens per second of all of them together, with the ratio to one context.
+
 Generation is greedy and capped, so runs compare; tokens/s is counted after the first token.
 Each thread count asked for is measured separately: on a host whose cores are busy with other
 work, llama.cpp's threads wait for each other at every step, and 2 threads can be many times
@@ -125,6 +130,79 @@ async def bench_model(store: ModelStore, name: str, runs: int, threads: int, max
     }
 
 
+async def first_turn(backend: LlamaCppBackend, i: int, began: float, key: str, max_tokens: int) -> tuple[float, int]:
+    """Question ``i``'s first turn: seconds from ``began`` to its first token, and its tokens."""
+    language, question, _ = QUESTIONS[i % len(QUESTIONS)]
+    messages = [ChatMessage("system", DEFAULT_SYSTEM_PROMPTS[language]), ChatMessage("user", question)]
+    first: float | None = None
+    tokens = 0
+    async for item in backend.stream(messages, GenerationParams(max_tokens, 0.0, language, key)):
+        if isinstance(item, Delta):
+            first = first or time.perf_counter() - began
+        else:
+            tokens = item.completion_tokens
+    assert first is not None
+    return first, tokens
+
+
+async def bench_parallel(
+    store: ModelStore,
+    name: str,
+    contexts: list[int],
+    conversations: list[int],
+    threads: int,
+    max_tokens: int,
+    rounds: int,
+) -> dict[str, Any]:
+    """Several conversations' first turns at once, for each number of contexts. Every backend
+    is loaded and warmed first and the configurations take turns round after round (medians
+    kept): the first minutes of a run are slower (clock ramp, page cache), which would
+    otherwise favour whichever went last."""
+    backends = {
+        p: LlamaCppBackend(store.gguf(name), name, n_ctx=2048, n_threads=threads, parallel=p, max_waiting=64)
+        for p in contexts
+    }
+    samples: dict[str, list[dict[str, float]]] = {}
+    try:
+        for backend in backends.values():
+            await backend.load()
+            await generate(backend, [ChatMessage("user", "Hello")], "en", 4)  # page faults, untimed
+            await backend.prime(list(DEFAULT_SYSTEM_PROMPTS.values()))
+        for r in range(rounds):
+            for n in conversations:
+                for parallel, backend in backends.items():
+                    began = time.perf_counter()
+                    results = await asyncio.gather(
+                        *(first_turn(backend, i, began, f"par-{r}-{n}-{i}", max_tokens) for i in range(n))
+                    )
+                    wall = time.perf_counter() - began
+                    ttfts = sorted(t for t, _ in results)
+                    samples.setdefault(f"contexts_{parallel}_conversations_{n}", []).append(
+                        {
+                            "ttft_p50_seconds": statistics.median(ttfts),
+                            "ttft_max_seconds": ttfts[-1],
+                            "all_done_seconds": wall,
+                            "tokens_per_second_total": sum(k for _, k in results) / wall,
+                        }
+                    )
+    finally:
+        for backend in backends.values():
+            await backend.close()
+    out: dict[str, Any] = {
+        key: {m: round(statistics.median(s[m] for s in runs), 3) for m in runs[0]} for key, runs in samples.items()
+    }
+    base = contexts[0]
+    for n in conversations:
+        one = out[f"contexts_{base}_conversations_{n}"]
+        for parallel in contexts[1:]:
+            m = out[f"contexts_{parallel}_conversations_{n}"]
+            m[f"vs_contexts_{base}"] = {
+                "ttft_max": round(m["ttft_max_seconds"] / one["ttft_max_seconds"], 2),
+                "tokens_per_second_total": round(m["tokens_per_second_total"] / one["tokens_per_second_total"], 2),
+            }
+    return out
+
+
 async def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m bench.llm", description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=MODELS)
@@ -132,6 +210,11 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--threads", type=int, nargs="+", default=[2])
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--out", type=Path, default=Path("reports/bench_llm.json"))
+    parser.add_argument("--parallel", type=int, nargs="*", default=[1, 2], help="contexts to compare ([] to skip)")
+    parser.add_argument("--conversations", type=int, nargs="+", default=[2, 4])
+    parser.add_argument("--parallel-rounds", type=int, default=3)
+    parser.add_argument("--parallel-model", default="qwen2.5-coder-1.5b-instruct-q4_k_m")
+    parser.add_argument("--skip-single", action="store_true", help="only the parallel comparison")
     args = parser.parse_args(argv)
     store = ModelStore(default_model_dir())
     report: dict[str, Any] = {
@@ -146,7 +229,7 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
         "settings": {"threads": args.threads, "max_tokens": args.max_tokens, "temperature": 0.0, "runs": args.runs},
         "models": {},
     }
-    for name in args.models:
+    for name in [] if args.skip_single else args.models:
         report["models"][name] = {}
         for threads in args.threads:
             print(f"benchmarking {name}, {threads} thread(s), {args.runs} runs…", flush=True)
@@ -161,6 +244,25 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
                 f"{m['warm_second_turn']['tokens_per_second_p50']} tok/s",
                 flush=True,
             )
+    if args.parallel:
+        print(f"parallel conversations on {args.parallel_model}: contexts {args.parallel}…", flush=True)
+        report["parallel"] = {
+            "model": args.parallel_model,
+            "rounds": args.parallel_rounds,
+            "threads_per_context": args.threads[0],
+            **await bench_parallel(
+                store,
+                args.parallel_model,
+                args.parallel,
+                args.conversations,
+                args.threads[0],
+                args.max_tokens,
+                args.parallel_rounds,
+            ),
+        }
+        for key, m in report["parallel"].items():
+            if isinstance(m, dict):
+                print(f"  {key}: {m}", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     print(f"wrote {args.out}")

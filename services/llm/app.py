@@ -44,6 +44,7 @@ def build_backend(name: str, settings: LlmSettings) -> Backend:
             n_threads=lc.threads or settings.device.threads or 2,
             # Every layer on the GPU when there is one: a 1.5B model fits any card.
             n_gpu_layers=-1 if placement.device == "cuda" else 0,
+            parallel=lc.parallel,
             max_waiting=lc.max_waiting,
             session_snapshots=lc.session_snapshots,
             session_snapshot_bytes=lc.session_snapshot_mb * 2**20,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import grpc
 import pytest
@@ -13,8 +13,9 @@ from parole.llm.v1 import llm_pb2
 from services.llm.backends.base import ChatMessage, Delta, Finish, GenerationParams
 from services.llm.backends.canned import CannedBackend
 from services.llm.backends.llamacpp import LlamaCppBackend, common_prefix
-from services.runtime.errors import InvalidArgument
-from tests.llm.conftest import Served, ask, make_settings, serve
+from services.models.store import ModelStore
+from services.runtime.errors import InvalidArgument, ResourceExhausted
+from tests.llm.conftest import SMOL, Served, ask, make_settings, serve
 
 LONG = "Count from 1 to 1000, separated by commas."
 
@@ -223,3 +224,32 @@ async def test_a_turn_larger_than_the_context_is_invalid(smol: LlamaCppBackend) 
             pass
     await wait_idle(smol, within=5.0)
     assert smol.last_run is not None and smol.last_run.completion_tokens == 0
+
+
+async def test_two_contexts_answer_two_conversations_at_once_and_keep_their_caches(model_store: ModelStore) -> None:
+    """With ``parallel=2`` a second conversation's first token does not wait for the first
+    answer to end, and each conversation goes back to the context holding its cache."""
+    backend = LlamaCppBackend(model_store.gguf(SMOL), SMOL, n_ctx=2048, n_threads=1, parallel=2, max_waiting=0)
+    await backend.load()
+    system = ChatMessage("system", "You are brief.")
+
+    def ask(key: str, text: str, max_tokens: int) -> AsyncGenerator[Delta | Finish, None]:
+        return backend.stream([system, ChatMessage("user", text)], GenerationParams(max_tokens, 0.0, "en", key))
+
+    try:
+        long_a, long_b = ask("A", LONG, 1500), ask("B", LONG, 1500)
+        # A's answer is being written (a long one) and B's starts beside it, not after it.
+        assert isinstance(await anext(long_a), Delta) and isinstance(await anext(long_b), Delta)
+        # Both contexts taken: a third is refused at once (max_waiting=0), not queued.
+        with pytest.raises(ResourceExhausted):
+            await anext(ask("C", "Hi", 5))
+        await long_a.aclose()
+        await long_b.aclose()
+        await wait_idle(backend, within=10.0)
+        # B comes back: its own context still holds its cache (nothing restored, little read).
+        items = [i async for i in ask("B", LONG, 5)]
+        finish = items[-1]
+        assert isinstance(finish, Finish) and finish.prompt_tokens_evaluated <= 1 < finish.prompt_tokens
+        assert backend.last_run is not None and not backend.last_run.restored_snapshot
+    finally:
+        await backend.close()

@@ -77,6 +77,12 @@ class Admission:
         self.report()
 
     @property
+    def idle(self) -> bool:
+        """Nothing is being answered or waits: a guess (an answer ahead of its final) may run
+        without taking cores from anyone's real answer."""
+        return self.busy == 0 and not self.waiting
+
+    @property
     def free(self) -> bool:
         """A turn arriving now starts at once."""
         return self.busy < self.slots and not self.waiting

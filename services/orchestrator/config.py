@@ -59,11 +59,12 @@ class OrchestratorSettings(ServiceSettings):
     max_sessions: int = Field(default=64, gt=0)
     """Conversations at once; more get RESOURCE_EXHAUSTED. Conversations are also refused, with
     a retry hint, while a new turn's expected wait is past ``give_up_seconds``."""
-    answer_slots: int = Field(default=1, ge=1)
+    answer_slots: int = Field(default=2, ge=1)
     """Turns answered at once across every session (the rest wait in arrival order). Match the
-    language model's parallel capacity: 1 for the embedded model on a CPU host (one answer at
-    a time; two at once share the same cores and both come later), Ollama's
-    OLLAMA_NUM_PARALLEL on a GPU host."""
+    language model's parallel capacity: the embedded model's ``LLM_LLAMACPP__PARALLEL``
+    (default 2: on two cores, two contexts at once answer four simultaneous questions with the
+    last first token ~0.55x as late and ~1.4x the tokens per second of one at a time, see
+    bench.llm), or Ollama's OLLAMA_NUM_PARALLEL on a GPU host."""
     wait_notice_seconds: float = Field(default=3.0, ge=0)
     """A turn that cannot start its answer within this many seconds (expected from the queue
     ahead, or seen) hears a short "one moment" / "un instant" at once, never silence."""

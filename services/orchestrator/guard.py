@@ -44,10 +44,10 @@ class Stubs:
     llm: llm_pb2_grpc.LlmServiceAsyncStub
     tts: tts_pb2_grpc.TtsServiceAsyncStub
     breakers: Breakers = field(default_factory=lambda: Breakers("orchestrator"))
-    admission: Admission = field(default_factory=lambda: Admission(1, notice_after=3.0, give_up_after=20.0))
+    admission: Admission = field(default_factory=lambda: Admission(2, notice_after=3.0, give_up_after=20.0))
     """The answer slots every session takes its turns' answers from. A turn is answered ahead
-    of its final only when one is free: a guess must never make another session's real turn
-    wait, and on a full machine it would take cores from the decodes."""
+    of its final only when none is taken: a guess must never make another session's real turn
+    wait or take cores from its answer."""
 
 
 # What gRPC's client library reports when a request fails to be written because the connection

@@ -157,7 +157,7 @@ class Answer:
             self.ahead = None
         if self.current is not None or self.turns.waiting or self.gate.closed(time.monotonic()):
             return
-        if not self.admission.free:
+        if not self.admission.idle:
             SPECULATIVE_TURNS.labels("skipped_busy").inc()
             return
         turn = Turn("", text, start, heard_at, speculative=True)

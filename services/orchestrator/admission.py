@@ -1,13 +1,15 @@
 """Admission: how many turns the language model answers at once, the order the others wait in,
 and how long they should expect to wait.
 
-The LLM is the stage a full machine queues on (one answer at a time on a CPU host with the
-embedded model). Without admission, every session's turn went straight to it: the LLM service
+The LLM is the stage a full machine queues on (a couple of answers at a time on a CPU host
+with the embedded model). Without admission, every session's turn went straight to it: the LLM service
 queued a few and refused the rest (the turn got the canned reply after a long silence), and
 the person heard nothing for up to 40 s at 8 conversations. Here the orchestrator holds the
-turns itself, in arrival order, up to ``slots`` at once; a turn that cannot start within the
-notice budget says "one moment" at once (``WaitNotice``), one that cannot start within the
-give-up budget is declined politely, and new conversations are refused while the expected
+turns itself, in arrival order, up to ``slots`` at once; a turn expected to wait past the
+notice budget (counted from the end of the person's speech) says "one moment" at once
+(``WaitNotice``; the answering stage says it too when a turn on a shared machine has no audio
+by the end of that budget), one that cannot start within the give-up budget is declined
+politely, and new conversations are refused while the expected
 wait is past that budget. The expected wait comes from the queue ahead and the recent time a
 turn held its slot (an exponential moving average)."""
 
@@ -67,6 +69,9 @@ class Admission:
         self.give_up_after = give_up_after
         self.busy = 0
         self.waiting = 0
+        self.answering = 0
+        """Answers in progress, from the turn's start to its last audio (slots cover only the
+        language model's part)."""
         self.service_seconds = INITIAL_SERVICE_SECONDS
         self.on_saturation: Callable[[bool], None] | None = None
         """Called when ``saturated`` changes (the orchestrator's health follows it)."""
@@ -102,23 +107,36 @@ class Admission:
         """A new conversation's first turn would be declined: refuse the conversation instead."""
         return self.expected_wait() > self.give_up_after
 
+    @property
+    def shared(self) -> bool:
+        """More than one answer is in progress (thinking or still being spoken) or waits:
+        answers share the cores and come later than alone (a turn slower than the notice
+        budget then says "one moment")."""
+        return self.answering + self.waiting > 1
+
     @asynccontextmanager
     async def slot(
-        self, notify: Callable[[float], Awaitable[None]] | None = None, *, wait: bool = True
+        self,
+        notify: Callable[[float], Awaitable[None]] | None = None,
+        *,
+        wait: bool = True,
+        since: float | None = None,
     ) -> AsyncIterator[float]:
         """Holds an answer slot for the block; yields the seconds waited for it (0.0 when one
         was free).
 
-        ``notify(expected_wait)`` is awaited once when the turn must wait past the notice
-        budget: at once when the expected wait already says so, else when the budget runs out.
-        Past the give-up budget raises ``Declined``; ``wait=False`` raises ``Busy`` instead of
-        waiting at all."""
+        ``since`` is when the person stopped speaking (monotonic; default now): the budgets
+        count from there. A turn that must wait longer than the notice budget by the expected
+        wait has ``notify(expected_wait)`` awaited at once (the caller's own timer says "one
+        moment" to shorter waits that run late). Past the give-up budget raises ``Declined``;
+        ``wait=False`` raises ``Busy`` instead of waiting at all."""
         arrived = time.monotonic()
+        since = arrived if since is None else since
         waited = 0.0
         if not self.free:
             if not wait:
                 raise Busy
-            await self._wait(arrived, notify)
+            await self._wait(since, notify)
             waited = time.monotonic() - arrived
         else:
             await self._free.acquire()  # free: returns at once
@@ -135,27 +153,19 @@ class Admission:
             self._free.release()
             self.report()
 
-    async def _wait(self, arrived: float, notify: Callable[[float], Awaitable[None]] | None) -> None:
+    async def _wait(self, since: float, notify: Callable[[float], Awaitable[None]] | None) -> None:
         expected = self.expected_wait()
         self.waiting += 1
         self.report()
         acquire = asyncio.ensure_future(self._free.acquire())
         try:
-            notified = False
-            if notify is not None and expected > self.notice_after:
-                notified = True
+            if notify is not None and time.monotonic() - since + expected > self.notice_after:
                 await notify(expected)
-            deadline = arrived + (self.give_up_after if notified or notify is None else self.notice_after)
-            while True:
-                done, _ = await asyncio.wait({acquire}, timeout=max(0.0, deadline - time.monotonic()))
-                if done:
-                    acquire.result()
-                    return
-                if notified or notify is None:
-                    raise Declined(time.monotonic() - arrived)
-                notified = True
-                await notify(self.expected_wait(0))
-                deadline = arrived + self.give_up_after
+            timeout = max(0.0, since + self.give_up_after - time.monotonic())
+            done, _ = await asyncio.wait({acquire}, timeout=timeout)
+            if not done:
+                raise Declined(time.monotonic() - since)
+            acquire.result()
         except BaseException:
             if acquire.done() and not acquire.cancelled() and acquire.exception() is None:
                 self._free.release()  # granted as we gave up: hand it on

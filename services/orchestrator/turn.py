@@ -116,6 +116,8 @@ class TurnOutput:
         # the speaker goes on (``drop``): nothing of it reaches the client before.
         self.held: list[tuple[float | None, dict[str, Any]]] | None = [] if held else None
         self._finished: bool | None = None  # a held turn's end: its record is made on release
+        self.noticed = False
+        """The wait notice was said (at most once a turn)."""
 
     def confirm(self) -> None:
         """The turn stands: what it has said so far goes out now, in order, and the rest as

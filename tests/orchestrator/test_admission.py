@@ -83,23 +83,29 @@ async def test_waiting_turns_get_their_slots_in_arrival_order() -> None:
     assert order == ["a", "b", "c"] and admission.busy == admission.waiting == 0
 
 
-async def test_a_turn_that_must_wait_past_the_notice_budget_is_told_once_then_answered() -> None:
-    admission = Admission(1, notice_after=0.2, give_up_after=10.0)
-    admission.service_seconds = 0.1  # expected short: the notice waits for its budget
+async def test_the_slot_announces_a_wait_only_when_it_would_run_past_the_notice_budget() -> None:
+    """Counted from the end of speech (``since``): a short expected wait is not announced (the
+    answering stage's own timer covers it if it runs late); one that would end past the
+    budget is, at once."""
+    admission = Admission(1, notice_after=1.0, give_up_after=10.0)
+    admission.service_seconds = 0.5
     release, entered = asyncio.Event(), asyncio.Event()
     holder = asyncio.create_task(hold(admission, release, entered))
     await entered.wait()
-    notices = Notices()
-    waiter = asyncio.create_task(_slot(admission, notices))
-    assert 0.15 <= (await notices.first())[0] < 1.0
+    short, late = Notices(), Notices()
+    quiet = asyncio.create_task(_slot(admission, short, since=time.monotonic()))
+    await queued(admission, 1)
+    # The same 0.5 s of expected wait, for a person who stopped speaking 0.8 s ago: past 1 s.
+    told = asyncio.create_task(_slot(admission, late, since=time.monotonic() - 0.8))
+    at, expected = await late.first()
+    assert at < 0.5 and expected == pytest.approx(1.0)  # one turn ahead of it now, one in the slot
     release.set()
-    waited = await waiter
-    await holder
-    assert len(notices.calls) == 1 and waited >= 0.2
+    await asyncio.gather(holder, quiet, told)
+    assert short.calls == [] and len(late.calls) == 1
 
 
-async def _slot(admission: Admission, notices: Notices) -> float:
-    async with admission.slot(notices) as waited:
+async def _slot(admission: Admission, notices: Notices, since: float | None = None) -> float:
+    async with admission.slot(notices, since=since) as waited:
         return waited
 
 

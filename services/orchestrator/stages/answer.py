@@ -103,8 +103,15 @@ class Answer:
         # Unbounded: the text of one answer is small, and the LLM must never wait on the TTS
         # (the client gets the text as it comes even when the speech lags or failed).
         speech: Channel[str] = Channel()
-        async with producing(speech, self._think(turn, out, speech)):
-            await self.speak.run(out, speech)
+        watchdog = None if turn.speculative else asyncio.create_task(self._watch(turn, out))
+        self.admission.answering += 1
+        try:
+            async with producing(speech, self._think(turn, out, speech)):
+                await self.speak.run(out, speech)
+        finally:
+            self.admission.answering -= 1
+            if watchdog is not None:
+                watchdog.cancel()
         if turn.speculative and pb.STAGE_LLM in turn.degraded:
             return  # an answer ahead that found the model busy: its final gets a real try
         out.end()
@@ -116,7 +123,8 @@ class Answer:
         answer overlaps the next turn's thinking)."""
         try:
             # An answer ahead never waits: it would hold a place in the queue for a guess.
-            async with self.admission.slot(functools.partial(self._notice, out), wait=not turn.speculative) as waited:
+            notify = functools.partial(self._notice, out)
+            async with self.admission.slot(notify, wait=not turn.speculative, since=turn.start) as waited:
                 if waited:
                     turn.mark("answer_slot", time.monotonic())
                 await self.think.run(turn, out, speech)
@@ -127,8 +135,19 @@ class Answer:
         except Declined as declined:
             self._decline(turn, out, speech, declined.waited)
 
+    async def _watch(self, turn: Turn, out: TurnOutput) -> None:
+        """Never silence past the notice budget on a shared machine: a turn with no audio yet
+        when it runs out, while other turns are answered too, says "one moment". Alone, a
+        slow answer just comes (a notice would only push it back)."""
+        await asyncio.sleep(max(0.0, turn.start + self.admission.notice_after - time.monotonic()))
+        if "first_audio" not in turn.timing and self.admission.shared:
+            await self._notice(out, self.admission.expected_wait(0))
+
     async def _notice(self, out: TurnOutput, expected_wait: float) -> None:
-        """The turn must wait for the language model: say so out loud now."""
+        """The turn must wait for the language model: say so out loud now (once a turn)."""
+        if out.noticed:
+            return
+        out.noticed = True
         WAIT_NOTICES.labels("notice").inc()
         text = notice_text(self.language)
         chunk = await self.speak.phrase(text)

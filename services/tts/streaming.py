@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 
 from services.runtime.errors import InvalidArgument
 from services.runtime.streams import Channel, producing
-from services.tts.synthesizer import TIME_TO_FIRST_AUDIO, Plan, Spoken, Synthesizer
+from services.tts.synthesizer import TIME_TO_FIRST_AUDIO, AudioClock, Plan, Spoken, Synthesizer
 from services.tts.text import IncrementalSplitter
 
 
@@ -41,10 +41,12 @@ class StreamSynthesis:
         # pieces and sends them on; this generator speaks them in order.
         pieces: Channel[tuple[str, float]] = Channel()
         spoken = 0
+        playing = AudioClock()  # each piece is due when the audio before it has played
         async with producing(pieces, self._cut(texts, pieces)):
             async for raw, ready_at in pieces:
                 for piece in synth.prepare(raw, plan, first=spoken == 0):
-                    speech = await synth.speak(piece, plan)
+                    speech = await synth.speak(piece, plan, playing.due())
+                    playing.add(speech.audio.duration)
                     if spoken == 0:
                         TIME_TO_FIRST_AUDIO.labels("StreamingSynthesize").observe(time.perf_counter() - ready_at)
                     yield speech

@@ -19,6 +19,7 @@ from prometheus_client import Counter, Histogram
 from services.runtime.audio import resample_pcm16
 from services.runtime.errors import InvalidArgument, Unavailable
 from services.runtime.logging import get_logger
+from services.runtime.priority import PriorityGate
 from services.runtime.resilience import CLIENT_FAULTS, BreakerOpen, Breakers, ByteBudgetCache, digest
 from services.tts import text as textmod
 from services.tts.engines import Audio, SynthOptions
@@ -123,6 +124,8 @@ class Synthesizer:
         self.cache: ByteBudgetCache[Audio] = ByteBudgetCache(SERVICE, cache_bytes, lambda a: len(a.pcm) + 64)
         self._workers = workers
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tts-synth")
+        # Pieces reach the pool through this gate, earliest deadline first (see ``speak``).
+        self._gate = PriorityGate(workers)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -176,8 +179,13 @@ class Synthesizer:
         return pieces
 
     # ------------------------------------------------------------------ speaking
-    async def speak(self, piece: str, plan: Plan) -> Spoken:
-        """Speaks one piece with the first voice of the chain that can (cache first)."""
+    async def speak(self, piece: str, plan: Plan, due: float | None = None) -> Spoken:
+        """Speaks one piece with the first voice of the chain that can (cache first).
+
+        ``due`` (monotonic, default now) is when its listener runs out of audio without it:
+        with every worker busy, the piece due first is synthesised first, so an answer's
+        first clause (due now) goes before the next clause of an answer still playing."""
+        due = time.monotonic() if due is None else due
         errors: list[str] = []
         for index, voice in enumerate(plan.chain):
             options = plan.options if index == 0 else SynthOptions(plan.options.speed, None)
@@ -187,7 +195,7 @@ class Synthesizer:
             if hit is not None:
                 return Spoken(piece, hit, voice.name, voice.spec.engine, True, time.perf_counter() - started)
             try:
-                audio = await self._engine_call(voice, piece, options)
+                audio = await self._engine_call(voice, piece, options, due)
             except BreakerOpen:
                 errors.append(f"{voice.name}: breaker open")
             except CLIENT_FAULTS:
@@ -211,17 +219,20 @@ class Synthesizer:
             self.breakers.record_fallback(voice.spec.breaker)
         raise Unavailable(f"no voice could speak this text: {'; '.join(errors)}")
 
-    async def _engine_call(self, voice: Voice, piece: str, options: SynthOptions) -> Audio:
+    async def _engine_call(self, voice: Voice, piece: str, options: SynthOptions, due: float) -> Audio:
         loop = asyncio.get_running_loop()
-        async with await self.breakers.guard(voice.spec.breaker):
+        async with self._gate.slot(due), await self.breakers.guard(voice.spec.breaker):
             # If the caller is cancelled, the running piece finishes in its thread but no
             # further piece is started: cancellation stops synthesis at the next boundary.
             return await loop.run_in_executor(self._pool, voice.engine.synthesize, voice.name, piece, options)
 
     async def speak_all(self, pieces: Iterable[str], plan: Plan) -> AsyncIterator[Spoken]:
-        """Speaks pieces in order, one at a time."""
+        """Speaks pieces in order, one at a time, each due when the audio before it ends."""
+        playing = AudioClock()
         for piece in pieces:
-            yield await self.speak(piece, plan)
+            speech = await self.speak(piece, plan, playing.due())
+            playing.add(speech.audio.duration)
+            yield speech
 
     async def load(self) -> None:
         """Loads and warms the neural voices of every chain (in the pool: loading blocks)."""
@@ -232,3 +243,19 @@ class Synthesizer:
                 if voice.spec.engine != "espeak-ng" and voice.name not in seen:
                     seen.add(voice.name)
                     await loop.run_in_executor(self._pool, voice.engine.load, voice.name)
+
+
+class AudioClock:
+    """When a listener of one stream runs out of audio: the first piece is due at once, each
+    next one when the audio sent before it has played (from the first piece's arrival)."""
+
+    def __init__(self) -> None:
+        self.until: float | None = None
+
+    def due(self) -> float:
+        now = time.monotonic()
+        return now if self.until is None else max(now, self.until)
+
+    def add(self, seconds: float) -> None:
+        now = time.monotonic()
+        self.until = (now if self.until is None else max(now, self.until)) + seconds

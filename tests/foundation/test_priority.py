@@ -1,0 +1,39 @@
+"""The priority gate: a fixed number of holders, waiters served lowest priority first."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from services.runtime.priority import PriorityGate
+
+
+async def test_waiters_are_served_by_priority_then_arrival_and_a_cancelled_one_leaves_no_hole() -> None:
+    gate = PriorityGate(1)
+    order: list[str] = []
+    release = asyncio.Event()
+
+    async def holder() -> None:
+        async with gate.slot(0):
+            await release.wait()
+
+    async def job(name: str, priority: float) -> None:
+        async with gate.slot(priority):
+            order.append(name)
+
+    first = asyncio.create_task(holder())
+    await asyncio.sleep(0)
+    jobs = [asyncio.create_task(job(n, p)) for n, p in (("late", 3.0), ("due", 1.0), ("next", 2.0), ("due-2", 1.0))]
+    gone = asyncio.create_task(job("cancelled", 0.5))
+    await asyncio.sleep(0)
+    assert gate.waiting == 5
+    gone.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    release.set()
+    await asyncio.gather(first, *jobs)
+    assert order == ["due", "due-2", "next", "late"]
+    assert gate.running == 0 and gate.waiting == 0
+    async with gate.slot(9):  # free again at once
+        assert gate.running == 1

@@ -12,7 +12,6 @@ process, only the orchestrator's own metric families count from its page."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import urllib.request
 from collections.abc import Iterator
@@ -24,14 +23,14 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
-from client.converse import ConverseStream, is_kind
+from client.converse import ConverseStream, final_transcript, is_kind
 from parole.orchestrator.v1 import orchestrator_pb2 as pb
 from parole.orchestrator.v1 import orchestrator_pb2_grpc
 from services.fleet import CATALOG, Fleet
 from services.orchestrator import metrics as orchestrator_metrics
 from services.orchestrator.app import OrchestratorApp
 from services.orchestrator.config import OrchestratorSettings
-from services.runtime.audio import chunks, silence
+from services.runtime.audio import silence
 from services.runtime.config import ServerSettings, load_settings
 from services.runtime.gpu_metrics import install_gpu_metrics
 from services.runtime.server import start_app
@@ -81,15 +80,20 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
 
 async def one_spoken_turn(target: str) -> pb.TurnLatency:
     """Says a question to the orchestrator and waits for the turn's latency report."""
-    audio = espeak("What is the capital of France?", "en").data + silence(1.5)
+    speech = espeak("What is the capital of France?", "en").data
     async with grpc.aio.insecure_channel(target) as channel:
         config = pb.SessionConfig(session_id="deploy-scrape", language="en")
         stream = ConverseStream(orchestrator_pb2_grpc.OrchestratorServiceStub(channel), config)
         stream.open(timeout=90)
         try:
-            for chunk in chunks(audio, 16000):
-                stream.send_audio(chunk)
-                await asyncio.sleep(0.01)  # ten times a microphone's pace
+            await stream.stream_audio(speech, realtime=False)
+            # Then silence at a microphone's pace until the turn is heard, as a live microphone
+            # goes on: the STT ends a turn after a silence it must be sent (longer when its
+            # end-of-turn model judges the words unfinished; its judgement moves with the CPU).
+            await stream.stream_audio(
+                silence(10.0),
+                until=lambda: bool(stream.of("latency")) or any(final_transcript(m) for m in stream.of("transcript")),
+            )
             return (await stream.wait_for(is_kind("latency"), timeout=None)).latency
         finally:
             stream.cancel()

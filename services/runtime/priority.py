@@ -17,12 +17,17 @@ from contextlib import asynccontextmanager
 
 
 class PriorityGate:
-    """At most ``size`` holders; waiters served lowest ``priority`` first."""
+    """At most ``size`` holders; waiters served lowest ``priority`` first. Jobs that are not
+    urgent may hold at most ``size - 1`` places (when ``size`` > 1), so an urgent one never
+    waits for a long job that could have waited: a running job cannot be interrupted."""
 
     def __init__(self, size: int) -> None:
         self.size = size
         self.running = 0
-        self._waiters: list[tuple[float, int, asyncio.Future[None]]] = []
+        self.relaxed = 0
+        """Holders that were not urgent."""
+        self.relaxed_cap = max(1, size - 1)
+        self._waiters: list[tuple[float, int, bool, asyncio.Future[None]]] = []
         self._seq = itertools.count()
 
     @property
@@ -30,33 +35,48 @@ class PriorityGate:
         return sum(1 for *_, f in self._waiters if not f.done())
 
     @asynccontextmanager
-    async def slot(self, priority: float) -> AsyncIterator[None]:
-        await self._acquire(priority)
+    async def slot(self, priority: float, *, urgent: bool = True) -> AsyncIterator[None]:
+        await self._acquire(priority, urgent)
         try:
             yield
         finally:
-            self._release()
+            self._release(urgent)
 
-    async def _acquire(self, priority: float) -> None:
-        if self.running < self.size and not self._waiters:
-            self.running += 1
+    def _admits(self, urgent: bool) -> bool:
+        return self.running < self.size and (urgent or self.relaxed < self.relaxed_cap)
+
+    def _take(self, urgent: bool) -> None:
+        self.running += 1
+        self.relaxed += not urgent
+
+    async def _acquire(self, priority: float, urgent: bool) -> None:
+        # Whoever waits could not take a place when it came (each release admits every waiter
+        # that can): a job that can take one now goes ahead of them.
+        if self._admits(urgent):
+            self._take(urgent)
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._waiters, (priority, next(self._seq), fut))
+        heapq.heappush(self._waiters, (priority, next(self._seq), urgent, fut))
         try:
             await fut
         except asyncio.CancelledError:
             if fut.done() and not fut.cancelled():
-                self._release()  # granted just as the caller left: hand it on
+                self._release(urgent)  # granted just as the caller left: hand it on
             else:
-                self._waiters = [w for w in self._waiters if w[2] is not fut]
+                self._waiters = [w for w in self._waiters if w[3] is not fut]
                 heapq.heapify(self._waiters)
             raise
 
-    def _release(self) -> None:
+    def _release(self, urgent: bool) -> None:
         self.running -= 1
-        while self._waiters and self.running < self.size:
-            _, _, fut = heapq.heappop(self._waiters)
-            if not fut.done():
-                self.running += 1
-                fut.set_result(None)
+        self.relaxed -= not urgent
+        self._waiters = [w for w in self._waiters if not w[3].done()]
+        while self._waiters:
+            # The first waiter, in priority order, that may take a place now.
+            admitted = next((w for w in sorted(self._waiters) if self._admits(w[2])), None)
+            if admitted is None:
+                break
+            self._waiters.remove(admitted)
+            self._take(admitted[2])
+            admitted[3].set_result(None)
+        heapq.heapify(self._waiters)

@@ -104,6 +104,10 @@ def join(spoken: list[Spoken]) -> Spoken:
     )
 
 
+URGENT_WITHIN = 0.5
+"""Seconds: a piece due sooner than this is urgent (its listener is about to hear silence)."""
+
+
 class Synthesizer:
     """Speaks text with the voice chains of a registry, a phrase cache and engine breakers."""
 
@@ -221,7 +225,10 @@ class Synthesizer:
 
     async def _engine_call(self, voice: Voice, piece: str, options: SynthOptions, due: float) -> Audio:
         loop = asyncio.get_running_loop()
-        async with self._gate.slot(due), await self.breakers.guard(voice.spec.breaker):
+        # Due now (a first clause, or a late one): urgent, it may take the worker that pieces
+        # due later leave free.
+        urgent = due <= time.monotonic() + URGENT_WITHIN
+        async with self._gate.slot(due, urgent=urgent), await self.breakers.guard(voice.spec.breaker):
             # If the caller is cancelled, the running piece finishes in its thread but no
             # further piece is started: cancellation stops synthesis at the next boundary.
             return await loop.run_in_executor(self._pool, voice.engine.synthesize, voice.name, piece, options)

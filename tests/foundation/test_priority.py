@@ -10,7 +10,7 @@ from services.runtime.priority import PriorityGate
 
 
 async def test_waiters_are_served_by_priority_then_arrival_and_a_cancelled_one_leaves_no_hole() -> None:
-    gate = PriorityGate(1)
+    gate = PriorityGate(1)  # one place: urgency plays no part
     order: list[str] = []
     release = asyncio.Event()
 
@@ -37,3 +37,24 @@ async def test_waiters_are_served_by_priority_then_arrival_and_a_cancelled_one_l
     assert gate.running == 0 and gate.waiting == 0
     async with gate.slot(9):  # free again at once
         assert gate.running == 1
+
+
+async def test_jobs_that_can_wait_leave_one_place_to_urgent_ones() -> None:
+    gate = PriorityGate(2)
+    release = asyncio.Event()
+    started: list[str] = []
+
+    async def job(name: str, priority: float, urgent: bool) -> None:
+        async with gate.slot(priority, urgent=urgent):
+            started.append(name)
+            await release.wait()
+
+    relaxed = [asyncio.create_task(job(f"later-{i}", float(i), False)) for i in range(2)]
+    await asyncio.sleep(0)
+    assert started == ["later-0"] and gate.waiting == 1  # the second place is kept
+    urgent = asyncio.create_task(job("now", 5.0, True))
+    await asyncio.sleep(0)
+    assert started == ["later-0", "now"]
+    release.set()
+    await asyncio.gather(*relaxed, urgent)
+    assert started == ["later-0", "now", "later-1"] and gate.running == gate.relaxed == 0

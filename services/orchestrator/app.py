@@ -12,10 +12,11 @@ from parole.llm.v1 import llm_pb2_grpc
 from parole.orchestrator.v1 import orchestrator_pb2, orchestrator_pb2_grpc
 from parole.stt.v1 import stt_pb2_grpc
 from parole.tts.v1 import tts_pb2_grpc
-from services.orchestrator.admission import Admission
+from services.orchestrator.admission import NOTICE, Admission
 from services.orchestrator.config import OrchestratorSettings
 from services.orchestrator.guard import Stubs
 from services.orchestrator.servicer import OrchestratorServicer
+from services.orchestrator.stages.speak import WARM_TIMEOUT, Speak
 from services.runtime import healthcheck
 from services.runtime.channel import open_channel
 from services.runtime.logging import get_logger
@@ -91,6 +92,25 @@ class OrchestratorApp:
                 await asyncio.sleep(0.5)
         if pending:
             log.warning("serving without these dependencies; turns will degrade", missing=sorted(pending))
+        elif "tts" not in pending:
+            await self._cache_notices()
+
+    async def _cache_notices(self) -> None:
+        """Has the TTS cache the spoken wait notice of each language's default voice now: it is
+        needed when the machine is full, when its first synthesis would queue behind answers."""
+        for language, text in NOTICE.items():
+            speak = Speak(
+                self.stubs.tts,
+                self.stubs.breakers,
+                voice=self.settings.defaults.voices.get(language, ""),
+                language=language,
+                output_rate=0,
+                timeout=WARM_TIMEOUT,
+            )
+            if await speak.phrase(text, WARM_TIMEOUT) is None:
+                log.warning(
+                    "the wait notice could not be cached; it will be synthesised when first needed", language=language
+                )
 
     async def close(self) -> None:
         for channel in self.channels.values():

@@ -23,7 +23,7 @@ from services.orchestrator.admission import Admission, Busy, Declined, declined_
 from services.orchestrator.gate import Gatekeeper
 from services.orchestrator.metrics import SPECULATIVE_TURNS, WAIT_NOTICES
 from services.orchestrator.outbox import Outbox
-from services.orchestrator.stages.speak import Speak
+from services.orchestrator.stages.speak import WARM_TIMEOUT, Speak
 from services.orchestrator.stages.think import Think
 from services.orchestrator.turn import Turn, TurnOutput, TurnQueue
 from services.runtime.streams import Channel, producing
@@ -61,6 +61,9 @@ class Answer:
 
     async def run(self) -> None:
         """One turn at a time until the queue ends; then the session's stream ends too."""
+        # The wait notice is said when the machine is full, when a first synthesis would be
+        # slowest: have the TTS cache it now, while this session has nothing to say.
+        warm = asyncio.create_task(self.speak.phrase(notice_text(self.language), WARM_TIMEOUT), name="warm-notice")
         try:
             async for turn in self.turns.channel:
                 ahead, self.ahead = self.ahead, None
@@ -88,7 +91,7 @@ class Answer:
                 self.current, self.current_turn = None, None
         finally:
             # The session ended mid-turn (the client left, a stage failed): the turn goes too.
-            for task in (self.current, self.ahead.task if self.ahead else None):
+            for task in (warm, self.current, self.ahead.task if self.ahead else None):
                 if task is not None and not task.done():
                     task.cancel()
                     await asyncio.wait({task})

@@ -9,6 +9,8 @@ import functools
 import time
 from collections.abc import AsyncIterator
 
+import grpc
+
 from parole.orchestrator.v1 import orchestrator_pb2 as pb
 from parole.tts.v1 import tts_pb2, tts_pb2_grpc
 from services.orchestrator.guard import guarded
@@ -18,7 +20,10 @@ from services.runtime.streams import Channel
 
 PHRASE_TIMEOUT = 3.0
 """Seconds for a fixed phrase: a cache hit takes milliseconds, a first synthesis well under one
-on a loaded CPU; past this the phrase is sent as text only rather than keep the person waiting."""
+on a quiet CPU; past this the phrase is sent as text only rather than keep the person waiting."""
+WARM_TIMEOUT = 60.0
+"""Seconds for having a phrase cached ahead of need: nobody waits on it, and on a full machine a
+first synthesis can queue behind answers for a while."""
 
 
 class Speak:
@@ -56,19 +61,17 @@ class Speak:
         async for _ in text:
             pass
 
-    async def phrase(self, text: str) -> tts_pb2.AudioChunk | None:
-        """A short fixed phrase spoken whole (a wait notice, a polite refusal): the TTS
-        service's phrase cache answers it at once after its first time. None when the TTS
-        failed: the phrase then reaches the client as text only."""
-        spoken: list[tts_pb2.AudioChunk] = []
-
-        async def synthesize() -> None:
-            config = tts_pb2.SynthesisConfig(voice=self.voice, language=self.language, sample_rate_hz=self.output_rate)
-            r = await self.tts.Synthesize(tts_pb2.SynthesizeRequest(text=text, config=config), timeout=PHRASE_TIMEOUT)
-            spoken.append(r.audio)
-
-        await guarded(self.breakers, "tts", synthesize)
-        return spoken[0] if spoken else None
+    async def phrase(self, text: str, timeout: float = PHRASE_TIMEOUT) -> tts_pb2.AudioChunk | None:
+        """A short fixed phrase spoken whole (the wait notice): the TTS service's phrase cache
+        answers it at once after its first time. None when the TTS did not answer in time:
+        the phrase then reaches the client as text only. Not counted against the TTS breaker:
+        a notice late on a full machine says nothing of the service's health."""
+        config = tts_pb2.SynthesisConfig(voice=self.voice, language=self.language, sample_rate_hz=self.output_rate)
+        try:
+            r = await self.tts.Synthesize(tts_pb2.SynthesizeRequest(text=text, config=config), timeout=timeout)
+        except grpc.aio.AioRpcError:
+            return None
+        return r.audio
 
     async def _synthesize(self, out: TurnOutput, text: Channel[str]) -> None:
         # The stream opens with the turn and is fed by the LLM, so its deadline spans the LLM's

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -43,6 +44,8 @@ def service_main(
         return EXIT_CONFIG
     configure_logging(settings.log, name)
     log = get_logger(name)
+    if settings.nice:
+        os.nice(settings.nice)  # inherited by every thread the service starts from here
 
     async def main() -> None:
         # The app is built inside the running loop: grpc.aio channels and other asyncio

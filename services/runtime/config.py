@@ -138,6 +138,11 @@ class ServiceSettings(BaseSettings):
     device: DeviceSettings = DeviceSettings()
     model_dir: Path = Field(default_factory=default_model_dir)
     """Model cache (``python -m services.models`` fills it). Env PAROLE_MODEL_DIR also sets it."""
+    nice: int = Field(default=0, ge=0, le=19)
+    """Lowers the process's CPU priority by this much at start (Unix nice). On a CPU host
+    shared by the fleet, the service that would take every core for seconds (the language
+    model) runs below the ones a person waits on in short bursts (the final transcript, the
+    first clause's audio); alone on the machine it gets every core all the same."""
 
     @classmethod
     def settings_customise_sources(

@@ -365,6 +365,7 @@ class LlamaCppBackend:
         vocab = llm._model.vocab
         ctx = llm._ctx.ctx
         llama_cpp.llama_perf_context_reset(ctx)
+        threads = self._share_cores(ctx, 0)
         first = True
         reason: str = "length"
         for token in llm.generate(tokens, temp=params.temperature, top_p=0.95, top_k=40, repeat_penalty=1.1):
@@ -378,6 +379,7 @@ class LlamaCppBackend:
             if out.abandoned:  # the caller left
                 stats.cancelled = True
                 return
+            threads = self._share_cores(ctx, threads)
             if llama_cpp.llama_vocab_is_eog(vocab, token):
                 reason = "stop"
                 break
@@ -398,6 +400,17 @@ class LlamaCppBackend:
                 completion_tokens=stats.completion_tokens,
             )
         )
+
+    def _share_cores(self, ctx: Any, threads: int) -> int:
+        """The threads this context should use now: all of ``n_threads`` alone, an equal share
+        while other contexts generate too (their threads would otherwise outnumber the cores
+        and spin against each other, and against the speech services). Returns the count set."""
+        import llama_cpp
+
+        want = max(1, self.n_threads // max(1, self._running))
+        if want != threads:
+            llama_cpp.llama_set_n_threads(ctx, want, want)
+        return want
 
     def _switch_conversation(self, c: _Context, key: str | None, tokens: list[int]) -> bool:
         """Saves the live cache of the conversation being left and restores the one coming back.

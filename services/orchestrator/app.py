@@ -96,8 +96,8 @@ class OrchestratorApp:
             await self._cache_notices()
 
     async def _cache_notices(self) -> None:
-        """Has the TTS cache the spoken wait notice of each language's default voice now: it is
-        needed when the machine is full, when its first synthesis would queue behind answers."""
+        """Has the spoken wait notice of each language's default voice ready now: it is needed
+        when the machine is full, when its synthesis would queue behind answers."""
         for language, text in NOTICE.items():
             speak = Speak(
                 self.stubs.tts,
@@ -106,6 +106,7 @@ class OrchestratorApp:
                 language=language,
                 output_rate=0,
                 timeout=WARM_TIMEOUT,
+                phrases=self.stubs.phrases,
             )
             if await speak.phrase(text, WARM_TIMEOUT) is None:
                 log.warning(

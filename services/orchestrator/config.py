@@ -65,9 +65,10 @@ class OrchestratorSettings(ServiceSettings):
     (default 2: on two cores, two contexts at once answer four simultaneous questions with the
     last first token ~0.55x as late and ~1.4x the tokens per second of one at a time, see
     bench.llm), or Ollama's OLLAMA_NUM_PARALLEL on a GPU host."""
-    wait_notice_seconds: float = Field(default=3.0, ge=0)
-    """A turn that cannot start its answer within this many seconds (expected from the queue
-    ahead, or seen) hears a short "one moment" / "un instant" at once, never silence."""
+    wait_notice_seconds: float = Field(default=2.5, ge=0)
+    """From the end of the person's speech: a turn expected to wait for the language model
+    past this, or with no audio by then on a shared machine, hears a short "one moment" /
+    "un instant" at once, never silence. 2.5 s: heard within 3 s."""
     give_up_seconds: float = Field(default=20.0, gt=0)
     """A turn still waiting after this many seconds is declined politely (StageError LLM,
     RESOURCE_EXHAUSTED): a person told "one moment" waits about this long."""

@@ -12,7 +12,7 @@ import grpc
 
 from parole.llm.v1 import llm_pb2_grpc
 from parole.stt.v1 import stt_pb2_grpc
-from parole.tts.v1 import tts_pb2_grpc
+from parole.tts.v1 import tts_pb2, tts_pb2_grpc
 from services.orchestrator.admission import Admission
 from services.runtime.resilience import BreakerOpen, Breakers
 
@@ -44,7 +44,9 @@ class Stubs:
     llm: llm_pb2_grpc.LlmServiceAsyncStub
     tts: tts_pb2_grpc.TtsServiceAsyncStub
     breakers: Breakers = field(default_factory=lambda: Breakers("orchestrator"))
-    admission: Admission = field(default_factory=lambda: Admission(2, notice_after=3.0, give_up_after=20.0))
+    phrases: dict[tuple[str, str, int, str], tts_pb2.AudioChunk] = field(default_factory=dict)
+    """The wait notice as spoken, by voice, language, rate and text (a few kB each)."""
+    admission: Admission = field(default_factory=lambda: Admission(2, notice_after=2.5, give_up_after=20.0))
     """The answer slots every session takes its turns' answers from. A turn is answered ahead
     of its final only when none is taken: a guess must never make another session's real turn
     wait or take cores from its answer."""

@@ -140,6 +140,7 @@ class Conversation:
             # The TTS stream opens with the turn and waits on the LLM's text: its deadline
             # spans the LLM's, so a canned reply after an LLM timeout is still spoken.
             timeout=settings.llm_timeout_seconds + settings.tts_timeout_seconds,
+            phrases=stubs.phrases,
         )
         self.answer = Answer(
             think,

@@ -61,8 +61,8 @@ class Answer:
 
     async def run(self) -> None:
         """One turn at a time until the queue ends; then the session's stream ends too."""
-        # The wait notice is said when the machine is full, when a first synthesis would be
-        # slowest: have the TTS cache it now, while this session has nothing to say.
+        # The wait notice is said when the machine is full, when a synthesis would be slowest:
+        # have it ready now in this session's voice, while the session has nothing to say.
         warm = asyncio.create_task(self.speak.phrase(notice_text(self.language), WARM_TIMEOUT), name="warm-notice")
         try:
             async for turn in self.turns.channel:

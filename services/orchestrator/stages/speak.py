@@ -26,6 +26,10 @@ WARM_TIMEOUT = 60.0
 first synthesis can queue behind answers for a while."""
 
 
+Phrases = dict[tuple[str, str, int, str], tts_pb2.AudioChunk]
+"""Fixed phrases already spoken, by (voice asked, language, output rate, text)."""
+
+
 class Speak:
     """Text (from think) → TTS audio → the turn's output."""
 
@@ -38,8 +42,10 @@ class Speak:
         language: str,
         output_rate: int,
         timeout: float,
+        phrases: Phrases | None = None,
     ) -> None:
         self.tts = tts
+        self.phrases = phrases if phrases is not None else {}
         self.breakers = breakers
         self.voice = voice
         self.language = language
@@ -62,15 +68,20 @@ class Speak:
             pass
 
     async def phrase(self, text: str, timeout: float = PHRASE_TIMEOUT) -> tts_pb2.AudioChunk | None:
-        """A short fixed phrase spoken whole (the wait notice): the TTS service's phrase cache
-        answers it at once after its first time. None when the TTS did not answer in time:
-        the phrase then reaches the client as text only. Not counted against the TTS breaker:
-        a notice late on a full machine says nothing of the service's health."""
+        """A short fixed phrase spoken whole (the wait notice), kept once spoken in
+        ``phrases`` (shared by the orchestrator's sessions): when it is needed the machine is
+        full, and a synthesis then would queue behind answers. None when the TTS did not
+        answer in time: the phrase then reaches the client as text only. Not counted against
+        the TTS breaker: a notice late on a full machine says nothing of the service's health."""
+        key = (self.voice, self.language, self.output_rate, text)
+        if (kept := self.phrases.get(key)) is not None:
+            return kept
         config = tts_pb2.SynthesisConfig(voice=self.voice, language=self.language, sample_rate_hz=self.output_rate)
         try:
             r = await self.tts.Synthesize(tts_pb2.SynthesizeRequest(text=text, config=config), timeout=timeout)
         except grpc.aio.AioRpcError:
             return None
+        self.phrases[key] = r.audio
         return r.audio
 
     async def _synthesize(self, out: TurnOutput, text: Channel[str]) -> None:

@@ -18,7 +18,10 @@ Every turn ends in exactly one way:
 - **lost**: none of these within the turn timeout, or the stream ended without a reason.
 
 Per level: turns by outcome, errors by kind, client-side time to first audio (from the true end
-of speech, as in ``bench.e2e``) p50/p95/p99 and the server's own figure, and each service's
+of speech, as in ``bench.e2e``) p50/p95/p99 and the server's own figure, the time until each
+turn was acknowledged (the first audio heard: on a full machine the orchestrator's spoken
+"one moment", else the answer; the goal is every turn within 3 s), wait notices, turns
+declined and sessions refused, and each service's
 open file descriptors before and after the level (sessions closed). The knee is the first level
 whose p95 is at least twice level 1's. Each level is recorded in the reliability ledger
 (category "load"; passed = no turn lost).
@@ -48,6 +51,7 @@ from bench.fleet import fleet_stats
 from bench.talker import SessionEnded, Talker, TurnResult
 from parole.orchestrator.v1 import orchestrator_pb2_grpc
 from services.fleet import Fleet
+from services.orchestrator.turn import POINTS
 from services.runtime.audio import Pcm
 from services.testkit.ledger import record
 
@@ -75,6 +79,8 @@ def spoken_questions() -> dict[str, list[tuple[str, Pcm]]]:
 
 
 # ---------------------------------------------------------------------------- a level
+ACK_BUDGET_S = 3.0
+"""Every turn must be acknowledged (answer or spoken wait notice) within this (issue 18)."""
 
 
 def summarize(turns: Sequence[TurnResult]) -> dict[str, Any]:
@@ -100,6 +106,21 @@ def summarize(turns: Sequence[TurnResult]) -> dict[str, Any]:
     answered = [t.time_to_first_audio_s for t in turns if t.outcome in ("ok", "degraded") and t.time_to_first_audio_s]
     out["answered_time_to_first_audio_p50_s"] = percentile(answered, 0.5) if answered else None
     out["answered_time_to_first_audio_p95_s"] = percentile(answered, 0.95) if answered else None
+    # Acknowledged: the first audio the person heard, the spoken wait notice on a full machine
+    # or the answer itself. Every turn counts: one never acknowledged counts as forever.
+    spoken = [t for t in turns if t.question != "(session)"]
+    acked = [t.acknowledged_s if t.acknowledged_s is not None else float("inf") for t in spoken]
+    out["acknowledged_p50_s"] = percentile(acked, 0.5) if acked else None
+    out["acknowledged_p95_s"] = percentile(acked, 0.95) if acked else None
+    out["acknowledged_within_3s"] = sum(a <= ACK_BUDGET_S for a in acked)
+    out["wait_notices"] = sum(t.wait_notice for t in spoken)
+    out["declined"] = sum("RESOURCE_EXHAUSTED" in t.error for t in spoken)
+    out["sessions_refused"] = sum(t.error == "session:rpc:RESOURCE_EXHAUSTED" for t in turns)
+    # Where the time went, by the server's own marks (medians over the answered turns).
+    points = sorted({p for t in spoken for p in t.server_marks}, key=lambda p: (*POINTS, p).index(p))
+    out["server_marks_p50_s"] = {
+        p: round(percentile([t.server_marks[p] for t in spoken if p in t.server_marks], 0.5), 3) for p in points
+    }
     return out
 
 
@@ -186,6 +207,9 @@ async def run_level(
         ttfa_p50_s=summary["time_to_first_audio_p50_s"],
         ttfa_p95_s=summary["time_to_first_audio_p95_s"],
         ttfa_p99_s=summary["time_to_first_audio_p99_s"],
+        acknowledged_p95_s=summary["acknowledged_p95_s"],
+        wait_notices=summary["wait_notices"],
+        declined=summary["declined"],
         loadavg_1m=summary["loadavg_1m"],
     )
     return summary
@@ -226,7 +250,9 @@ async def run(fleet: Fleet, levels: Sequence[int], seconds: float) -> dict[str, 
             f"{s['degraded']} degraded), "
             f"{s['errors']} errors, {s['lost']} lost, time to first audio "
             f"p50 {s['time_to_first_audio_p50_s']} p95 {s['time_to_first_audio_p95_s']} "
-            f"p99 {s['time_to_first_audio_p99_s']}",
+            f"p99 {s['time_to_first_audio_p99_s']}; acknowledged p95 {s['acknowledged_p95_s']} "
+            f"({s['acknowledged_within_3s']}/{s['turns']} within 3 s, {s['wait_notices']} wait notices, "
+            f"{s['declined']} declined, {s['sessions_refused']} sessions refused)",
             flush=True,
         )
     k = knee(results)

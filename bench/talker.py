@@ -23,8 +23,9 @@ from parole.orchestrator.v1 import orchestrator_pb2_grpc
 from services.runtime.audio import Pcm, silence
 
 PCM = audio_pb2.AUDIO_ENCODING_PCM_S16LE
-TRAILING_SILENCE_S = 1.5
-"""Silence streamed after each question: the server's end-of-speech detection needs it."""
+TRAILING_SILENCE_S = 4.0
+"""Silence streamed after each question, until the answer starts (a live microphone goes on):
+the STT waits 2 s of silence after words its end-of-turn model judges unfinished."""
 
 Outcome = Literal["ok", "degraded", "error", "lost"]
 
@@ -38,9 +39,16 @@ class TurnResult:
     """Kind of error for error/lost/degraded turns ("stage:STT:UNAVAILABLE", "rpc:...", "timeout")."""
     time_to_first_audio_s: float | None = None
     """Client-side: end of speech (or text sent) to first answer audio received."""
+    acknowledged_s: float | None = None
+    """Client-side: end of speech to the first audio heard for the turn, the spoken wait notice
+    ("one moment") on a full machine, else the answer."""
+    wait_notice: bool = False
+    """The machine was full: the turn heard the wait notice before its answer."""
     server_first_audio_s: float | None = None
     audio_s: float = 0.0
     reply: str = ""
+    server_marks: dict[str, float] = field(default_factory=dict)
+    """The server's latency marks for the turn (``TurnLatency.marks``): where the time went."""
 
 
 class SessionEnded(Exception):
@@ -56,6 +64,11 @@ class _TurnState:
     done: asyncio.Event = field(default_factory=asyncio.Event)
     turn_id: str = ""
     first_audio: float | None = None
+    """First answer audio (not the wait notice)."""
+    heard: float | None = None
+    """First audio of any kind: the turn's acknowledgement."""
+    notice_s: float = 0.0
+    """Seconds of wait-notice audio."""
     latency: opb.TurnLatency | None = None
     degraded: str = ""
     error: str = ""
@@ -121,9 +134,15 @@ class Talker:
             return  # session-level news, or a late message of a turn already accounted for
         if msg.turn_id and not turn.turn_id:
             turn.turn_id = msg.turn_id
-        if kind == "reply_audio" and msg.reply_audio.audio and turn.first_audio is None:
-            turn.first_audio = now
-            self.stream.playback(opb.PLAYBACK_EVENT_TYPE_STARTED, msg.turn_id)
+        if kind == "reply_audio" and msg.reply_audio.audio:
+            audio = msg.reply_audio
+            if turn.heard is None:
+                turn.heard = now
+                self.stream.playback(opb.PLAYBACK_EVENT_TYPE_STARTED, msg.turn_id)
+            if audio.notice:
+                turn.notice_s += len(audio.audio) / 2 / (audio.format.sample_rate_hz or 16000)
+            elif turn.first_audio is None:
+                turn.first_audio = now
         elif kind == "latency":
             turn.latency = msg.latency
             turn.done.set()
@@ -144,10 +163,14 @@ class Talker:
             self._finished.add(turn.turn_id)
         if turn.first_audio is not None:
             result.time_to_first_audio_s = turn.first_audio - ended
+        if turn.heard is not None:
+            result.acknowledged_s = turn.heard - ended
+        result.wait_notice = turn.notice_s > 0
         if turn.latency is not None:
             lat = turn.latency
             result.server_first_audio_s = lat.first_audio_seconds or None
             result.audio_s, result.reply = lat.audio_seconds, lat.reply_text
+            result.server_marks = {m.point: round(m.seconds, 3) for m in lat.marks}
             if turn.degraded:
                 result.outcome, result.error = "degraded", turn.degraded
             elif turn.first_audio is None:
@@ -170,7 +193,11 @@ class Talker:
         if turn.first_audio is None:
             return
         if self.playback == "realtime":
-            await asyncio.sleep(max(0.0, turn.first_audio + lat.audio_seconds - time.monotonic()))
+            # The notice plays as it comes; the answer starts when it arrives, or after the
+            # notice if it came first, and lasts the rest of the turn's audio.
+            assert turn.heard is not None
+            answer_starts = max(turn.first_audio, turn.heard + turn.notice_s)
+            await asyncio.sleep(max(0.0, answer_starts + lat.audio_seconds - turn.notice_s - time.monotonic()))
         self.stream.playback(opb.PLAYBACK_EVENT_TYPE_FINISHED, turn.turn_id)
         await self.wait_mic()
 
@@ -195,7 +222,7 @@ class Talker:
         ended = started + spoken  # the last speech sample left at real-time pace
 
         def answered() -> bool:  # a client's microphone would be gated now anyway
-            return turn.done.is_set() or turn.first_audio is not None
+            return turn.done.is_set() or turn.heard is not None
 
         await self.stream.stream_audio(silence(TRAILING_SILENCE_S), until=answered)
         return await self._await_turn(TurnResult("spoken", name, "lost"), turn, started, ended)

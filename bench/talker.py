@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -47,6 +48,9 @@ class TurnResult:
     server_first_audio_s: float | None = None
     audio_s: float = 0.0
     reply: str = ""
+    detail: str = ""
+    """For a lost turn: the last events the client saw (and the microphone's state), to say
+    where it stopped."""
     server_marks: dict[str, float] = field(default_factory=dict)
     """The server's latency marks for the turn (``TurnLatency.marks``): where the time went."""
 
@@ -72,6 +76,18 @@ class _TurnState:
     latency: opb.TurnLatency | None = None
     degraded: str = ""
     error: str = ""
+
+
+def _brief(msg: opb.ConverseResponse, kind: str | None, now: float) -> str:
+    """One event in a few words, with the monotonic second it arrived."""
+    what = str(kind)
+    if kind == "microphone":
+        what += f"({'gated' if msg.microphone.gated else 'open'}:{msg.microphone.reason})"
+    elif kind == "transcript":
+        what += f"({'final' if msg.transcript.is_final else 'partial'}:{msg.transcript.text[:30]!r})"
+    elif kind == "speech":
+        what += f"({'started' if msg.speech.started else 'stopped'})"
+    return f"{now:.2f} {msg.turn_id[-3:]} {what}"
 
 
 class Talker:
@@ -102,6 +118,7 @@ class Talker:
         self._finished: set[str] = set()
         self._mic_open = asyncio.Event()
         self._mic_open.set()
+        self._recent: deque[str] = deque(maxlen=12)
 
     @property
     def ended(self) -> str | None:
@@ -126,6 +143,7 @@ class Talker:
 
     async def _on(self, msg: opb.ConverseResponse, now: float) -> None:
         kind = msg.WhichOneof("event")
+        self._recent.append(_brief(msg, kind, now))
         if kind == "microphone":
             (self._mic_open.clear if msg.microphone.gated else self._mic_open.set)()
             return
@@ -186,6 +204,8 @@ class Talker:
             result.error = self.ended
         else:
             result.outcome, result.error = "lost", "timeout"
+        if result.outcome == "lost":
+            result.detail = f"mic {'open' if self._mic_open.is_set() else 'gated'}; " + "; ".join(self._recent)
         return result
 
     async def _play(self, turn: _TurnState, lat: opb.TurnLatency) -> None:

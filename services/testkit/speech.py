@@ -42,9 +42,16 @@ def _joe(store_root: str) -> object:
 
 
 def piper_joe(text: str, store: ModelStore, rate: int = 16000) -> Pcm:
-    """Speech from the Piper joe voice (natural English), resampled to ``rate``."""
+    """Speech from the Piper joe voice (natural English), resampled to ``rate``.
+
+    Without noise, so the same text is the same audio in every run: Piper's default noise
+    changes phrasing and length from one call to the next (its byte count even or odd after
+    resampling), and a test that passes on one draw fails on another."""
+    from piper import SynthesisConfig
+
     voice = _joe(str(store.root))
-    data = b"".join(chunk.audio_int16_bytes for chunk in voice.synthesize(text))  # type: ignore[attr-defined]
+    quiet = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
+    data = b"".join(chunk.audio_int16_bytes for chunk in voice.synthesize(text, syn_config=quiet))  # type: ignore[attr-defined]
     native = voice.config.sample_rate  # type: ignore[attr-defined]
     return Pcm(resample_pcm16(data, native, rate), rate)
 

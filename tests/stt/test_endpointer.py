@@ -73,7 +73,7 @@ def test_silence_and_end_of_stream(short_phrase: Pcm) -> None:
     assert run(pcm16_to_float(silence(2.0)), StreamingSettings(), 1600) == []
     # Speech cut off by the end of the stream still ends, with its reason.
     events = run(
-        pcm16_to_float(silence(0.2) + short_phrase.data[: len(short_phrase.data) // 2]), StreamingSettings(), 1600
+        pcm16_to_float(silence(0.2) + short_phrase.data[: len(short_phrase.data) // 4 * 2]), StreamingSettings(), 1600
     )
     assert isinstance(events[0], SpeechStarted)
     assert isinstance(events[-1], SpeechEnded) and events[-1].reason == "end_of_stream"

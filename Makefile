@@ -60,8 +60,8 @@ test: proto ## the default test suite (real small models; ~15 min on 2 cores)
 bench: proto ## benchmarks; JSON reports under reports/
 	$(PY) -m bench
 
-reliability: proto ## load, faults, bad input, soak, security: CI-sized run and docs/RELIABILITY.md (FULL=1: full load and soak)
-	$(PY) -m bench.reliability $(if $(FULL),--full,) $(if $(SOAK_TURNS),--soak-turns $(SOAK_TURNS),)
+reliability: proto ## load, faults, bad input, soak, security: CI-sized run and docs/RELIABILITY.md (FULL=1: full load, soak, 10k fuzz calls per contract)
+	$(PY) -m bench.reliability $(if $(FULL),--full,) $(if $(SOAK_TURNS),--soak-turns $(SOAK_TURNS),) $(if $(FUZZ_PER_CONTRACT),--fuzz-per-contract $(FUZZ_PER_CONTRACT),)
 
 run: install ## the conversation: a live one with a microphone, else the demo on bundled audio
 	$(PY) -m client.run

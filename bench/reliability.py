@@ -2,7 +2,10 @@
 
 ``python -m bench.reliability``            the CI-sized suite (tests/reliability), then the table
 ``python -m bench.reliability --full``     also the full load levels and the long soak (bench.load, bench.soak;
-                                          ``--soak-turns 1000`` for a longer soak than its 300)
+                                          ``--soak-turns 1000`` for a longer soak than its 300), and
+                                          10,000 generated calls per service contract in the fuzzing
+``python -m bench.reliability --fuzz-only --fuzz-per-contract 10000``  only the fuzzing, at that size
+                                          (the other records are kept)
 ``python -m bench.reliability --table-only``  rebuild docs/RELIABILITY.md from the last records
 
 Every check writes its outcome to the ledger (services/testkit/ledger.py, JSON lines under
@@ -12,6 +15,7 @@ reports/reliability/); the table is generated from those records, never written 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -32,6 +36,9 @@ TITLES = {
     "security": "Security",
 }
 FIXED = ("category", "name", "passed", "lost", "at")
+FUZZ_GOAL = 10_000
+"""Generated calls per service contract that the long run must reach (issue 18)."""
+FUZZ_MODULES = ("tests/reliability/test_fuzz.py", "tests/reliability/test_gateway_fuzz.py")
 KEYS = ("examples", "turns", "errors", "p50_s", "p95_s", "p99_s", "recovery_s", "codes", "rss_growth_mb", "fd_growth")
 
 
@@ -58,6 +65,40 @@ def _memory(s: dict[str, Any]) -> str:
     )
 
 
+def _contracts(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per service contract: the generated calls of all its targets, their outcomes,
+    and the statuses that are bugs (INTERNAL/UNKNOWN, client or server side, and 5xx)."""
+    by: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        if r["category"] == "bad_input" and r.get("contract"):
+            by[r["contract"]].append(r)
+    if not by:
+        return []
+    out = [
+        "",
+        "## Fuzzing per contract",
+        "",
+        f"Goal of the long run (`make reliability FULL=1`): {FUZZ_GOAL:,} generated calls per contract, none",
+        "answered INTERNAL or UNKNOWN (or HTTP 5xx), the service serving and answering a real call after each target.",
+        "",
+        "| contract | targets | generated calls | goal | bugs (INTERNAL/UNKNOWN/5xx) | failed targets | seconds |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for contract, rs in sorted(by.items()):
+        calls = sum(int(r.get("examples") or 0) for r in rs)
+        bugs = 0
+        for r in rs:
+            codes = r.get("statuses") or r.get("codes") or {}
+            if isinstance(codes, dict):
+                bugs += sum(int(n) for c, n in codes.items() if c in ("INTERNAL", "UNKNOWN") or str(c).startswith("5"))
+            bugs += int(r.get("server_internal_or_unknown") or 0)
+        failed = sum(1 for r in rs if not r["passed"])
+        seconds = sum(float(r.get("seconds") or 0) for r in rs)
+        goal = "met" if calls >= FUZZ_GOAL else "CI size"
+        out.append(f"| {contract} | {len(rs)} | {calls:,} | {goal} | {bugs} | {failed} | {seconds:.0f} |")
+    return out
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     """docs/RELIABILITY.md from the ledger records (the latest record per check wins)."""
     latest: dict[tuple[str, str], dict[str, Any]] = {}
@@ -80,6 +121,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         rs = by_cat.get(cat, [])
         passed = sum(1 for r in rs if r["passed"])
         out.append(f"| {TITLES[cat]} | {len(rs)} | {passed} | {len(rs) - passed} | {sum(int(r['lost']) for r in rs)} |")
+    out += _contracts(list(latest.values()))
     for cat in TITLES:
         rs = by_cat.get(cat, [])
         if not rs:
@@ -96,11 +138,25 @@ def main() -> int:
     parser.add_argument("--full", action="store_true", help="also run bench.load and bench.soak at full size")
     parser.add_argument("--soak-turns", type=int, default=300, help="turns of the full soak (with --full)")
     parser.add_argument("--table-only", action="store_true", help="only rebuild the table from the ledger")
+    parser.add_argument("--fuzz-only", action="store_true", help="only the fuzzing (keeps the other records)")
+    parser.add_argument(
+        "--fuzz-per-contract",
+        type=int,
+        default=None,
+        help=f"generated calls per service contract (default: the CI size; {FUZZ_GOAL} with --full)",
+    )
     args = parser.parse_args()
+    per_contract = args.fuzz_per_contract if args.fuzz_per_contract is not None else (FUZZ_GOAL if args.full else 0)
+    env = {**os.environ, "PAROLE_FUZZ_PER_CONTRACT": str(per_contract)} if per_contract else None
     rc = 0
-    if not args.table_only:
+    if args.fuzz_only:
+        (LEDGER_DIR / "bad_input.jsonl").unlink(missing_ok=True)
+        rc = subprocess.call(
+            [sys.executable, "-m", "pytest", "-q", *FUZZ_MODULES], cwd=REPO, env=env
+        )
+    elif not args.table_only:
         shutil.rmtree(LEDGER_DIR, ignore_errors=True)  # this run's records only
-        rc = subprocess.call([sys.executable, "-m", "pytest", "-q", "tests/reliability"], cwd=REPO)
+        rc = subprocess.call([sys.executable, "-m", "pytest", "-q", "tests/reliability"], cwd=REPO, env=env)
         if args.full:
             for command in (["bench.load"], ["bench.soak", "--turns", str(args.soak_turns)]):
                 rc = subprocess.call([sys.executable, "-m", *command], cwd=REPO) or rc

@@ -10,6 +10,8 @@ its valid value half the time, so fuzzing also reaches past the first validation
 from __future__ import annotations
 
 import collections
+import math
+import os
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -24,6 +26,55 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 M = TypeVar("M", bound=pb_message.Message)
+
+# How many generated calls each target makes. The CI-sized run uses the counts below (about
+# 700 calls, a minute and a half on two shared cores). ``PAROLE_FUZZ_PER_CONTRACT=10000``
+# (``make reliability FULL=1``) spreads that many calls over each contract's targets in the
+# same proportions; ``PAROLE_FUZZ_SCALE`` multiplies every count instead.
+CI_EXAMPLES: dict[str, dict[str, int]] = {
+    "stt": {"Recognize": 60, "StreamingRecognize": 60, "audio bytes": 60, "ListEngines": 5},
+    "llm": {
+        "Generate": 50,
+        "Generate (valid envelope)": 40,
+        "ResetSession": 40,
+        "GetSession": 40,
+        "ListModels": 5,
+        "AddExchange": 40,
+    },
+    "tts": {
+        "Synthesize": 50,
+        "SynthesizeStream": 30,
+        "Synthesize (valid voice)": 40,
+        "StreamingSynthesize": 50,
+        "ListVoices": 20,
+    },
+    "orchestrator": {"Converse": 60},
+    "gateway": {
+        "chat completions": 30,
+        "speech": 30,
+        "transcriptions": 30,
+        "raw bodies": 30,
+        "realtime events": 30,
+        "wyoming events": 30,
+    },
+}
+EXHAUSTIBLE = frozenset({("stt", "ListEngines"), ("llm", "ListModels")})
+"""Requests without fields: hypothesis has one message to send and stops there, so they take
+no share of a contract's budget."""
+
+
+def fuzz_examples(contract: str, target: str) -> int:
+    """The number of generated calls for one target in this run (see CI_EXAMPLES)."""
+    counts = CI_EXAMPLES[contract]
+    ci = counts[target]
+    per_contract = int(os.environ.get("PAROLE_FUZZ_PER_CONTRACT", "0"))
+    if per_contract > 0:
+        if (contract, target) in EXHAUSTIBLE:
+            return ci
+        share = sum(n for t, n in counts.items() if (contract, t) not in EXHAUSTIBLE)
+        return math.ceil(ci * per_contract / share)
+    return max(1, round(ci * float(os.environ.get("PAROLE_FUZZ_SCALE", "1"))))
+
 
 # Status codes a service may answer bad input with. INTERNAL and UNKNOWN are bugs; a client
 # deadline (DEADLINE_EXCEEDED here) means the service hung on the input.

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
 import random
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -46,6 +45,7 @@ from services.tts.config import TtsSettings
 from tests.reliability.protofuzz import (
     Check,
     Tally,
+    fuzz_examples,
     message,
     outcome,
     rss_bytes,
@@ -56,9 +56,6 @@ from tests.reliability.protofuzz import (
 )
 
 CALL_TIMEOUT = 60.0
-SCALE = float(os.environ.get("PAROLE_FUZZ_SCALE", "1"))
-"""Multiplies every target's example count: 1 is the CI-sized run (about a minute and a
-half on two shared cores); ``PAROLE_FUZZ_SCALE=10`` the long one."""
 RSS_GROWTH_LIMIT = 150 * 1024 * 1024
 RATE = 16000
 PCM = audio_pb2.AudioFormat(sample_rate_hz=RATE, encoding=audio_pb2.AUDIO_ENCODING_PCM_S16LE, channels=1)
@@ -232,16 +229,15 @@ REAL: dict[str, Callable[[Fleet], Awaitable[None]]] = {
 }
 
 
-async def fuzz(
-    fleet: Fleet, service: str, rpc: str, strategy: st.SearchStrategy[Any], check: Check, max_examples: int
-) -> Tally:
-    """Fuzzes one target, records it, then checks the service still serves for real."""
+async def fuzz(fleet: Fleet, service: str, rpc: str, strategy: st.SearchStrategy[Any], check: Check) -> Tally:
+    """Fuzzes one target (``fuzz_examples`` calls), records it, then checks the service
+    still serves for real."""
     tally = Tally(f"{service}.{rpc}")
     full_name = fleet.service_names[service]
     failures_before = server_failures(full_name)
     failure: BaseException | None = None
     try:
-        await asyncio.to_thread(run_fuzz, tally, strategy, check, max(1, round(max_examples * SCALE)))
+        await asyncio.to_thread(run_fuzz, tally, strategy, check, fuzz_examples(service, rpc))
     except BaseException as exc:
         failure = exc
     server_side = server_failures(full_name) - failures_before
@@ -258,6 +254,7 @@ async def fuzz(
         "bad_input",
         tally.name,
         passed=failure is None and serving,
+        contract=service,
         **tally.details(),
         server_internal_or_unknown=server_side,
         rss_mb_after=round(rss_bytes() / 2**20),
@@ -306,7 +303,7 @@ RECOGNITION = stt_pb2.RecognitionConfig(language="en", audio_format=PCM)
 async def test_stt_recognize(fleet: Fleet, rss_start: int) -> None:
     base = stt_pb2.RecognizeRequest(config=RECOGNITION, audio=tone(0.3))
     strategy = message(stt_pb2.RecognizeRequest.DESCRIPTOR, base=base, overrides={"audio": pcm()})
-    await fuzz(fleet, "stt", "Recognize", strategy, unary(fleet.stt_sync.Recognize), 60)
+    await fuzz(fleet, "stt", "Recognize", strategy, unary(fleet.stt_sync.Recognize))
 
 
 def stt_stream() -> st.SearchStrategy[list[Any]]:
@@ -319,7 +316,7 @@ def stt_stream() -> st.SearchStrategy[list[Any]]:
 
 
 async def test_stt_streaming_recognize(fleet: Fleet, rss_start: int) -> None:
-    await fuzz(fleet, "stt", "StreamingRecognize", stt_stream(), streaming(fleet.stt_sync.StreamingRecognize), 60)
+    await fuzz(fleet, "stt", "StreamingRecognize", stt_stream(), streaming(fleet.stt_sync.StreamingRecognize))
 
 
 async def test_stt_audio_bytes(fleet: Fleet, rss_start: int) -> None:
@@ -337,12 +334,12 @@ async def test_stt_audio_bytes(fleet: Fleet, rss_start: int) -> None:
         return code, details
 
     strategy = st.tuples(st.booleans(), st.lists(pcm(), min_size=1, max_size=4))
-    await fuzz(fleet, "stt", "audio bytes", strategy, check, 60)
+    await fuzz(fleet, "stt", "audio bytes", strategy, check)
 
 
 async def test_stt_list_engines(fleet: Fleet, rss_start: int) -> None:
     strategy = message(stt_pb2.ListEnginesRequest.DESCRIPTOR)
-    await fuzz(fleet, "stt", "ListEngines", strategy, unary(fleet.stt_sync.ListEngines), 5)
+    await fuzz(fleet, "stt", "ListEngines", strategy, unary(fleet.stt_sync.ListEngines))
 
 
 # ------------------------------------------------------------------------------- LLM
@@ -355,7 +352,7 @@ async def test_llm_generate(fleet: Fleet, rss_start: int) -> None:
         options=llm_pb2.GenerationOptions(max_tokens=4, language="en", backend="llamacpp"),
     )
     strategy = message(llm_pb2.GenerateRequest.DESCRIPTOR, base=base)
-    await fuzz(fleet, "llm", "Generate", strategy, unary(fleet.llm_sync.Generate), 50)
+    await fuzz(fleet, "llm", "Generate", strategy, unary(fleet.llm_sync.Generate))
 
 
 async def test_llm_generate_valid_envelope(fleet: Fleet, rss_start: int) -> None:
@@ -387,22 +384,22 @@ async def test_llm_generate_valid_envelope(fleet: Fleet, rss_start: int) -> None
         ),
         st.builds(llm_pb2.GenerateRequest, text=text_strategy(120), messages=history, options=options),
     )
-    await fuzz(fleet, "llm", "Generate (valid envelope)", strategy, unary(fleet.llm_sync.Generate), 40)
+    await fuzz(fleet, "llm", "Generate (valid envelope)", strategy, unary(fleet.llm_sync.Generate))
 
 
 async def test_llm_sessions(fleet: Fleet, rss_start: int) -> None:
     ids = st.one_of(text_strategy(), st.just("fuzz-session"))
     reset = message(llm_pb2.ResetSessionRequest.DESCRIPTOR, overrides={"session_id": ids})
-    await fuzz(fleet, "llm", "ResetSession", reset, unary(fleet.llm_sync.ResetSession), 40)
+    await fuzz(fleet, "llm", "ResetSession", reset, unary(fleet.llm_sync.ResetSession))
     get = message(llm_pb2.GetSessionRequest.DESCRIPTOR, overrides={"session_id": ids})
-    await fuzz(fleet, "llm", "GetSession", get, unary(fleet.llm_sync.GetSession), 40)
+    await fuzz(fleet, "llm", "GetSession", get, unary(fleet.llm_sync.GetSession))
     models = message(llm_pb2.ListModelsRequest.DESCRIPTOR)
-    await fuzz(fleet, "llm", "ListModels", models, unary(fleet.llm_sync.ListModels), 5)
+    await fuzz(fleet, "llm", "ListModels", models, unary(fleet.llm_sync.ListModels))
     add = message(
         llm_pb2.AddExchangeRequest.DESCRIPTOR,
         overrides={"session_id": ids, "language": st.one_of(st.sampled_from(["", "en", "fr"]), text_strategy(8))},
     )
-    await fuzz(fleet, "llm", "AddExchange", add, unary(fleet.llm_sync.AddExchange), 40)
+    await fuzz(fleet, "llm", "AddExchange", add, unary(fleet.llm_sync.AddExchange))
 
 
 # ------------------------------------------------------------------------------- TTS
@@ -413,10 +410,10 @@ SYNTH = tts_pb2.SynthesisConfig(voice=VOICE, language="en", speed=1.0)
 async def test_tts_synthesize(fleet: Fleet, rss_start: int) -> None:
     base = tts_pb2.SynthesizeRequest(text="Hello.", config=SYNTH)
     strategy = message(tts_pb2.SynthesizeRequest.DESCRIPTOR, base=base)
-    await fuzz(fleet, "tts", "Synthesize", strategy, unary(fleet.tts_sync.Synthesize), 50)
+    await fuzz(fleet, "tts", "Synthesize", strategy, unary(fleet.tts_sync.Synthesize))
     base_stream = tts_pb2.SynthesizeStreamRequest(text="Hello.", config=SYNTH)
     strategy = message(tts_pb2.SynthesizeStreamRequest.DESCRIPTOR, base=base_stream)
-    await fuzz(fleet, "tts", "SynthesizeStream", strategy, unary(fleet.tts_sync.SynthesizeStream), 30)
+    await fuzz(fleet, "tts", "SynthesizeStream", strategy, unary(fleet.tts_sync.SynthesizeStream))
 
 
 async def test_tts_synthesize_valid_config(fleet: Fleet, rss_start: int) -> None:
@@ -429,7 +426,7 @@ async def test_tts_synthesize_valid_config(fleet: Fleet, rss_start: int) -> None
         sample_rate_hz=st.sampled_from([0, 8000, 16000, 22050, 48000, 1, 2**32 - 1]),
     )
     strategy = st.builds(tts_pb2.SynthesizeRequest, text=text_strategy(150), config=config)
-    await fuzz(fleet, "tts", "Synthesize (valid voice)", strategy, unary(fleet.tts_sync.Synthesize), 40)
+    await fuzz(fleet, "tts", "Synthesize (valid voice)", strategy, unary(fleet.tts_sync.Synthesize))
 
 
 def tts_stream() -> st.SearchStrategy[list[Any]]:
@@ -443,12 +440,12 @@ def tts_stream() -> st.SearchStrategy[list[Any]]:
 
 
 async def test_tts_streaming_synthesize(fleet: Fleet, rss_start: int) -> None:
-    await fuzz(fleet, "tts", "StreamingSynthesize", tts_stream(), streaming(fleet.tts_sync.StreamingSynthesize), 50)
+    await fuzz(fleet, "tts", "StreamingSynthesize", tts_stream(), streaming(fleet.tts_sync.StreamingSynthesize))
 
 
 async def test_tts_list_voices(fleet: Fleet, rss_start: int) -> None:
     strategy = message(tts_pb2.ListVoicesRequest.DESCRIPTOR)
-    await fuzz(fleet, "tts", "ListVoices", strategy, unary(fleet.tts_sync.ListVoices), 20)
+    await fuzz(fleet, "tts", "ListVoices", strategy, unary(fleet.tts_sync.ListVoices))
 
 
 # ----------------------------------------------------------------------- orchestrator
@@ -475,7 +472,7 @@ async def test_orchestrator_converse(fleet: Fleet, rss_start: int) -> None:
                 return grpc.StatusCode.INTERNAL, f"stage error {m.error.code}: {m.error.message}"
         return code, details
 
-    await fuzz(fleet, "orchestrator", "Converse", converse(), check, 60)
+    await fuzz(fleet, "orchestrator", "Converse", converse(), check)
 
 
 async def test_memory_bounded_over_the_run(fleet: Fleet, rss_start: int) -> None:

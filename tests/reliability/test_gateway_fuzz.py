@@ -23,10 +23,10 @@ from hypothesis import strategies as st
 
 from services.testkit.ledger import record
 from tests.gateway.harness import API_KEY, VOICE, GatewayFleet, gateway_fleet
+from tests.reliability.protofuzz import fuzz_examples
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 WAV = (Path(__file__).resolve().parents[2] / "client" / "demo" / "en-two-plus-three.wav").read_bytes()
-EXAMPLES = 30
 HTTP_OK = {200, 400, 404, 405, 413, 429, 503}
 
 json_scalar = st.one_of(
@@ -139,9 +139,9 @@ wyoming_event = st.tuples(
 )  # fmt: skip
 
 
-def fuzz_settings() -> Callable[[Any], Any]:
+def fuzz_settings(target: str) -> Callable[[Any], Any]:
     return settings(
-        max_examples=EXAMPLES,
+        max_examples=fuzz_examples("gateway", target),
         deadline=None,
         database=None,
         derandomize=True,
@@ -185,6 +185,7 @@ async def run_target(gw: GatewayFleet, name: str, body: Callable[[Counter[str]],
         "bad_input",
         f"gateway {name}",
         passed=failure is None and serving,
+        contract="gateway",
         examples=sum(codes.values()),
         codes=dict(codes),
         seconds=round(time.monotonic() - started, 1),
@@ -200,7 +201,7 @@ async def test_fuzz_chat_completions(gw: GatewayFleet) -> None:
     def body(codes: Counter[str]) -> None:
         with httpx.Client(base_url=gw.base_url, headers=AUTH, timeout=120) as http:
 
-            @fuzz_settings()
+            @fuzz_settings("chat completions")
             @given(chat_body)
             def one(payload: dict[str, Any]) -> None:
                 check_http(http.post("/chat/completions", json=payload), codes)
@@ -214,7 +215,7 @@ async def test_fuzz_speech(gw: GatewayFleet) -> None:
     def body(codes: Counter[str]) -> None:
         with httpx.Client(base_url=gw.base_url, headers=AUTH, timeout=120) as http:
 
-            @fuzz_settings()
+            @fuzz_settings("speech")
             @given(speech_body)
             def one(payload: dict[str, Any]) -> None:
                 check_http(http.post("/audio/speech", json=payload), codes)
@@ -228,7 +229,7 @@ async def test_fuzz_transcriptions(gw: GatewayFleet) -> None:
     def body(codes: Counter[str]) -> None:
         with httpx.Client(base_url=gw.base_url, headers=AUTH, timeout=120) as http:
 
-            @fuzz_settings()
+            @fuzz_settings("transcriptions")
             @given(audio_file, form_fields)
             def one(audio: bytes, fields: dict[str, str]) -> None:
                 check_http(http.post("/audio/transcriptions", files={"file": ("f.bin", audio)}, data=fields), codes)
@@ -242,7 +243,7 @@ async def test_fuzz_raw_bodies(gw: GatewayFleet) -> None:
     def body(codes: Counter[str]) -> None:
         with httpx.Client(base_url=gw.base_url, headers=AUTH, timeout=60) as http:
 
-            @fuzz_settings()
+            @fuzz_settings("raw bodies")
             @given(raw_body)
             def one(target: tuple[str, str, bytes]) -> None:
                 path, content_type, data = target
@@ -262,7 +263,7 @@ async def test_fuzz_realtime_events(gw: GatewayFleet) -> None:
         with websockets.sync.client.connect(url, additional_headers=AUTH, max_size=None) as ws:
             assert json.loads(ws.recv(timeout=10))["type"] == "session.created"
 
-            @fuzz_settings()
+            @fuzz_settings("realtime events")
             @given(realtime_event)
             def one(event: dict[str, Any]) -> None:
                 ws.send(json.dumps(event))
@@ -284,7 +285,7 @@ async def test_fuzz_realtime_events(gw: GatewayFleet) -> None:
 
 async def test_fuzz_wyoming_events(gw: GatewayFleet) -> None:
     def body(codes: Counter[str]) -> None:
-        @fuzz_settings()
+        @fuzz_settings("wyoming events")
         @given(wyoming_event, st.sampled_from([gw.asr_port, gw.tts_port]))
         def one(event: tuple[str, dict[str, Any], bytes], port: int) -> None:
             kind, data, payload = event

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from bench.reliability import table
+from tests.reliability.protofuzz import CI_EXAMPLES, EXHAUSTIBLE, fuzz_examples
 
 
 def _row(category: str, name: str, at: float, passed: bool = True, lost: int = 0, **details: Any) -> dict[str, Any]:
@@ -40,3 +43,28 @@ def test_soak_row_shows_every_service_memory_and_fds() -> None:
     for name in services:  # none cut off by the cell limit
         assert f"{name} 894→960 MB (last third +3.2), 18→18 fds" in soak_row
     assert "…" not in soak_row
+
+
+def test_fuzzing_is_summed_per_contract_against_the_goal() -> None:
+    rows = [
+        _row("bad_input", "llm.Generate", 1.0, contract="llm", examples=6000, statuses={"OK": 10, "INVALID_ARGUMENT": 5990}, seconds=40.0),
+        _row("bad_input", "llm.GetSession", 2.0, contract="llm", examples=4000, statuses={"NOT_FOUND": 4000}, seconds=2.0),
+        _row("bad_input", "gateway speech", 3.0, passed=False, contract="gateway", examples=30, codes={"200": 29, "500": 1}),
+        _row("bad_input", "memory (RSS growth over the fuzz run)", 4.0, rss_growth_mb=1.0),
+    ]  # fmt: skip
+    doc = table(rows)
+    assert "| llm | 2 | 10,000 | met | 0 | 0 | 42 |" in doc
+    assert "| gateway | 1 | 30 | CI size | 1 | 1 | 0 |" in doc
+    assert "memory" not in doc.split("## Fuzzing per contract")[1].split("##")[0]
+
+
+def test_fuzz_budget_spreads_a_contract_over_its_targets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PAROLE_FUZZ_SCALE", raising=False)
+    monkeypatch.delenv("PAROLE_FUZZ_PER_CONTRACT", raising=False)
+    assert fuzz_examples("stt", "Recognize") == CI_EXAMPLES["stt"]["Recognize"]
+    monkeypatch.setenv("PAROLE_FUZZ_PER_CONTRACT", "10000")
+    for contract, targets in CI_EXAMPLES.items():
+        scaled = [fuzz_examples(contract, t) for t in targets if (contract, t) not in EXHAUSTIBLE]
+        assert sum(scaled) >= 10000, contract
+        assert sum(scaled) < 10000 + len(scaled), contract  # ceilings only, no more
+    assert fuzz_examples("stt", "ListEngines") == CI_EXAMPLES["stt"]["ListEngines"]

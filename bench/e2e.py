@@ -79,13 +79,16 @@ async def streamed_turn(stub: Any, language: str, pcm: Pcm) -> dict[str, Any]:
 
     sender = asyncio.create_task(send())
     try:
-        latency_event = await stream.wait_for(is_kind("latency"), timeout=None)
+        # A turn the speaker continued after a pause ends interrupted, unheard: the answer is
+        # the turn that holds all their words.
+        latency_event = await stream.wait_for(answered, timeout=None)
     finally:
         sender.cancel()
         stream.cancel()
     events = stream.events[: next(i for i, (_, m) in enumerate(stream.events) if m is latency_event)]
     first_audio = next((t for t, m in events if answer_audio(m)), None)
-    finals = [m.transcript.text for _, m in events if final_transcript(m)]
+    continued = {m.turn_id for _, m in events if is_kind("latency")(m) and m.latency.interrupted}
+    finals = [m.transcript.text for _, m in events if final_transcript(m) and m.turn_id not in continued]
     latency = latency_event.latency
     assert first_audio is not None, "the turn produced no audio"
     return {
@@ -102,6 +105,11 @@ async def streamed_turn(stub: Any, language: str, pcm: Pcm) -> dict[str, Any]:
             **{m.point: m.seconds for m in getattr(latency, "marks", ())},
         },
     }
+
+
+def answered(m: Any) -> bool:
+    """A turn's record, for a turn that was answered (not continued by the next)."""
+    return bool(is_kind("latency")(m)) and not m.latency.interrupted
 
 
 def playback_stalls(chunks: list[tuple[float, Any]]) -> float:

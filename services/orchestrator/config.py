@@ -72,6 +72,13 @@ class OrchestratorSettings(ServiceSettings):
     give_up_seconds: float = Field(default=20.0, gt=0)
     """A turn still waiting after this many seconds is declined politely (StageError LLM,
     RESOURCE_EXHAUSTED): a person told "one moment" waits about this long."""
+    continuation_seconds: float = Field(default=2.5, ge=0, le=10)
+    """Speech that resumes within this many seconds after the end of a spoken turn, before any
+    of its answer was heard, continues that turn: its answer is held, and if the new speech
+    has words the turn is answered again as one (the two transcripts joined), unheard; if it
+    was only noise, what was held goes out. The end-of-turn model judges some long pauses
+    inside a sentence as its end ("…en trente-huit et quarante", then a second of silence):
+    without this the first half would be answered on its own and the rest after it. 0: off."""
     preemptive_generation: bool = True
     """Answer a pause's transcript as soon as the STT has it, before it decides whether the
     turn is over (its output held until the final confirms it, dropped if the speaker goes

@@ -23,6 +23,12 @@ SPECULATIVE_TURNS = Counter(
     "Turns answered ahead on a pause's transcript: started, then confirmed by the final or withdrawn.",
     ["outcome"],
 )
+CONTINUATIONS = Counter(
+    "parole_turn_continuations_total",
+    "Speech resuming right after a spoken turn, before its answer was heard: the answer held, "
+    "then merged with the words that followed or released (the speech was only noise).",
+    ["outcome"],
+)
 SLOTS_BUSY = Gauge("parole_answer_slots_busy", "Turns the language model is answering now (admission slots taken).")
 TURNS_WAITING = Gauge("parole_turns_waiting", "Turns waiting for an answer slot (the machine is full).")
 EXPECTED_WAIT = Gauge(

@@ -152,6 +152,7 @@ class Conversation:
             log=self.log,
             admission=stubs.admission,
             language=s.language,
+            continuation=settings.continuation_seconds,
         )
         self.listen = Listen(
             stubs.stt,
@@ -168,6 +169,7 @@ class Conversation:
             barge_in=functools.partial(self.answer.interrupt, "barge_in") if s.barge_in else None,
             interim_results=s.interim_results,
             ahead=self.answer if settings.preemptive_generation else None,
+            continuation=self.answer if settings.continuation_seconds > 0 else None,
             reconnect_max=settings.stt_reconnect_max_seconds,
             log=self.log,
         )

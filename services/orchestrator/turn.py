@@ -63,6 +63,17 @@ class Turn:
     to remember the exchange, which is recorded once the turn is confirmed."""
     answered: bool = False
     """The language model finished its answer (not cut short, not a fallback)."""
+    spoken: bool = False
+    """Heard by the STT (not typed): the speaker may go on after it (a continuation)."""
+    merged: bool = False
+    """Cancelled unheard because the speaker went on: the next turn holds its words too."""
+
+    @property
+    def remembered_later(self) -> bool:
+        """The LLM is asked not to remember this exchange, which the orchestrator records once
+        it stands (``Think.remember``): a turn started on a pause's transcript, or a spoken one,
+        which a continuation may still merge into the next."""
+        return self.speculative or self.spoken
 
     def mark(self, point: str, now: float, *, first: bool = True) -> None:
         """Records when ``point`` was reached (the first time, unless ``first`` is False)."""
@@ -81,10 +92,12 @@ class TurnQueue:
         self.channel: Channel[Turn] = Channel()
         self._count = 0
 
-    def submit(self, text: str, *, start: float, final_at: float, end_of_turn_at: float | None = None) -> Turn:
+    def submit(
+        self, text: str, *, start: float, final_at: float, end_of_turn_at: float | None = None, spoken: bool = False
+    ) -> Turn:
         """Queues a turn: ``start`` is when the user stopped speaking (or typed), ``final_at``
         when its final transcript arrived, ``end_of_turn_at`` when the STT said the turn ended."""
-        turn = Turn(self.next_id(), text, start, final_at)
+        turn = Turn(self.next_id(), text, start, final_at, spoken=spoken)
         if end_of_turn_at is not None:
             turn.mark("end_of_turn", end_of_turn_at)
         turn.mark("final_transcript", final_at)
@@ -132,6 +145,17 @@ class TurnOutput:
     def drop(self) -> None:
         """The turn is abandoned before anything of it was released."""
         self.held = []
+
+    def hold(self) -> None:
+        """What the turn says from now on waits (the speaker may be going on): ``confirm``
+        releases it, ``discard`` drops it."""
+        if self.held is None:
+            self.held = []
+
+    def discard(self) -> None:
+        """The turn was interrupted or merged into the next while held: what was held (its
+        end too) is dropped, unheard; what it says from now on goes out (its end record)."""
+        self.held, self._finished = None, None
 
     def text(self, delta: str) -> None:
         """A piece of the answer text."""

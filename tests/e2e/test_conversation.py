@@ -234,3 +234,25 @@ async def test_stt_down_keeps_the_session_open(
             assert not s.done.is_set(), f"the session ended: {s.error}"
         assert time.monotonic() < deadline, "the session never heard again after STT came back"
     await s.close()
+
+
+async def test_a_sentence_paused_where_it_sounds_finished_is_answered_once_whole(
+    orchestrator: Orchestrator, speech_dir: object
+) -> None:
+    """A real speaker pauses a full second at "…en trente-huit et quarante", which the
+    end-of-turn model takes for the end, then goes on: the orchestrator answers the whole
+    sentence once, and nothing is heard for its first half alone."""
+    from pathlib import Path
+
+    clip = Path(str(speech_dir)) / "turns" / "fr" / "fr_sppas_c006p6_tailles.wav"
+    if not clip.is_file():
+        pytest.skip(f"no {clip}")
+    pcm = read_wav(clip)
+    s = Session(orchestrator.stub, config(language="fr"))
+    await s.say(pcm.data, pcm.sample_rate)
+    answered = await s.wait_for(lambda m: is_kind("latency")(m) and not m.latency.interrupted, timeout=120)
+    heard = {m.turn_id for m in s.of("reply_audio") if m.reply_audio.audio}
+    assert heard == {answered.turn_id}, "an answer to the first half alone was heard"
+    whole = next(m for m in s.of("transcript") if m.transcript.is_final and m.turn_id == answered.turn_id)
+    assert {"beige", "couleur"} <= set(words(whole.transcript.text)), whole.transcript.text
+    await s.close()

@@ -127,6 +127,10 @@ class FakeTts(tts_pb2_grpc.TtsServiceServicer):
     """Set on each piece of text spoken."""
     phrases: list[str] = field(default_factory=list)
     """Texts spoken whole (``Synthesize``: the orchestrator's wait notices and refusals)."""
+    hold: asyncio.Event | None = None
+    """When given, streamed speech waits for this before its first audio (a slow voice)."""
+    received: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set on each piece of text received (before it is spoken)."""
 
     async def Synthesize(
         self, request: tts_pb2.SynthesizeRequest, context: grpc.aio.ServicerContext
@@ -148,6 +152,9 @@ class FakeTts(tts_pb2_grpc.TtsServiceServicer):
             if not request.text:
                 continue
             self.texts.append(request.text)
+            self.received.set()
+            if self.hold is not None:
+                await self.hold.wait()
             self.spoke.set()
             yield tts_pb2.StreamingSynthesizeResponse(audio=self._chunk(request.text, sequence))
             sequence += 1

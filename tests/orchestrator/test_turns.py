@@ -395,14 +395,16 @@ async def test_speech_after_the_pause_withdraws_the_answer_ahead_unheard(harness
     stt.send(speech_event(False))
     stt.send(final("What time is it in Paris?"))
     record = await s.wait_for(is_kind("latency"), timeout=WAIT)
+    # Both unremembered by the LLM: a spoken turn's exchange is recorded once it stands.
     assert [(r.text, r.speculative) for r in llm.requests] == [
         ("What time", True),
-        ("What time is it in Paris?", False),
+        ("What time is it in Paris?", True),
     ]
     assert record.latency.reply_text == ANSWER  # only the real turn's answer was heard, once
     assert "".join(m.reply_text.delta for m in s.of("reply_text")) == ANSWER
-    assert not llm.exchanges  # the normal Generate remembers its own exchange
+    await s.wait_for(is_kind("latency"), timeout=WAIT)
     await s.close(timeout=WAIT)
+    assert [(e.user, e.assistant) for e in llm.exchanges] == [("What time is it in Paris?", ANSWER)]
     assert s.error is None
 
 
@@ -438,7 +440,7 @@ async def test_no_answer_ahead_when_the_orchestrator_is_told_not_to(harness: Har
     stt.send(speech_event(False))
     stt.send(final("What time is it?"))
     await s.wait_for(is_kind("latency"), timeout=WAIT)
-    assert [(r.text, r.speculative) for r in llm.requests] == [("What time is it?", False)]
+    assert [r.text for r in llm.requests] == ["What time is it?"]  # one call, on the final
     await s.close(timeout=WAIT)
 
 
@@ -463,8 +465,8 @@ async def test_no_answer_ahead_while_another_session_is_being_answered(harness: 
     llm.hold.set()
     await s.wait_for(is_kind("latency"), timeout=WAIT)
     assert [(r.text, r.speculative) for r in llm.requests] == [
-        ("Tell me a long story.", False),
-        ("What time is it?", False),
+        ("Tell me a long story.", False),  # typed: the LLM remembers it itself
+        ("What time is it?", True),  # spoken: remembered once it stands; asked once, on the final
     ]
     await s.close(timeout=WAIT)
     await busy.close(timeout=WAIT)
@@ -487,3 +489,137 @@ async def test_the_client_ends_the_utterance_in_its_place_among_the_audio(harnes
         await s.done.wait()
     assert s.error is not None and s.error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "end_of_turn" in (s.error.details() or "")
+
+
+FIRST_HALF = "I need the shirts in thirty eight and forty"
+SECOND_HALF = "four of each colour."
+
+
+async def first_half_answered_unheard(harness: Harness, s: Session) -> None:
+    """A spoken turn whose answer is being written but not heard yet (a slow voice)."""
+    stt, _llm, tts = harness.fakes.stt, harness.fakes.llm, harness.fakes.tts
+    tts.hold = asyncio.Event()
+    await stt_stream(harness, s)
+    stt.send(speech_event(True))
+    stt.send(speech_event(False))
+    stt.send(final(FIRST_HALF))
+    await until(lambda: bool(tts.texts), tts.received)
+
+
+async def test_words_right_after_a_turn_not_yet_heard_continue_it_as_one_turn(harness: Harness) -> None:
+    """The end-of-turn model took a pause inside the sentence for its end: the speaker goes on
+    before any of the answer was heard. That answer is dropped unheard and the whole sentence
+    is answered once; the LLM remembers only the whole exchange."""
+    stt, llm, tts = harness.fakes.stt, harness.fakes.llm, harness.fakes.tts
+    s = harness.session()
+    await first_half_answered_unheard(harness, s)
+    first = await s.wait_for(final_transcript, timeout=WAIT)
+    stt.send(speech_event(True))  # the rest of the sentence
+    stt.send(speech_event(False))
+    stt.send(final(SECOND_HALF))
+    cut = await s.wait_for(of_turn("latency", first.turn_id), timeout=WAIT)
+    assert cut.latency.interrupted
+    assert tts.hold is not None
+    tts.hold.set()
+    whole = f"{FIRST_HALF} {SECOND_HALF}"
+    record = await s.wait_for(lambda m: is_kind("latency")(m) and m.turn_id != first.turn_id, timeout=WAIT)
+    await s.close(timeout=WAIT)
+    assert s.error is None
+    assert [r.text for r in llm.requests] == [FIRST_HALF, whole]
+    finals = [m for m in s.of("transcript") if m.transcript.is_final]
+    assert [m.transcript.text for m in finals] == [FIRST_HALF, whole]
+    assert finals[1].turn_id == record.turn_id and record.latency.reply_text == ANSWER
+    heard = [m for m in s.of("reply_audio") if m.reply_audio.audio]
+    assert heard and {m.turn_id for m in heard} == {record.turn_id}  # nothing of the first was heard
+    assert not [m for m in s.of("stop_playback")]  # nothing was playing to stop
+    assert [(e.user, e.assistant) for e in llm.exchanges] == [(whole, ANSWER)]
+
+
+async def test_noise_right_after_a_turn_releases_its_held_answer(harness: Harness) -> None:
+    """Speech that resumes but holds no words (a cough): the answer held meanwhile goes out."""
+    stt, llm, tts = harness.fakes.stt, harness.fakes.llm, harness.fakes.tts
+    s = harness.session()
+    await first_half_answered_unheard(harness, s)
+    stt.send(speech_event(True))
+    assert tts.hold is not None
+    tts.hold.set()  # the answer is ready while held: nothing of it goes out yet
+    await until(lambda: len(tts.texts) == len(llm.reply), tts.spoke)
+    await s.wait_for(is_kind("speech"), timeout=WAIT)
+    assert not s.of("reply_audio")
+    stt.send(speech_event(False))
+    stt.send(final(" . . ."))
+    record = await s.wait_for(is_kind("latency"), timeout=WAIT)
+    await s.close(timeout=WAIT)
+    assert s.error is None
+    assert not record.latency.interrupted and record.latency.reply_text == ANSWER
+    assert [r.text for r in llm.requests] == [FIRST_HALF]
+    assert len([m for m in s.of("reply_audio") if m.reply_audio.audio]) == len(llm.reply)
+    assert [(e.user, e.assistant) for e in llm.exchanges] == [(FIRST_HALF, ANSWER)]
+
+
+async def test_speech_after_the_answer_was_heard_is_a_new_turn(harness: Harness) -> None:
+    stt, llm = harness.fakes.stt, harness.fakes.llm
+    s = harness.session()
+    await stt_stream(harness, s)
+    stt.send(speech_event(True))
+    stt.send(speech_event(False))
+    stt.send(final(FIRST_HALF))
+    first = await s.wait_for(is_kind("latency"), timeout=WAIT)
+    stt.send(speech_event(True))
+    stt.send(speech_event(False))
+    stt.send(final(SECOND_HALF))
+    await s.wait_for(lambda m: is_kind("latency")(m) and m.turn_id != first.turn_id, timeout=WAIT)
+    await s.close(timeout=WAIT)
+    assert [r.text for r in llm.requests] == [FIRST_HALF, SECOND_HALF]
+    assert not first.latency.interrupted
+
+
+async def test_no_continuation_when_the_orchestrator_is_told_not_to(harness: Harness) -> None:
+    harness.app.settings.continuation_seconds = 0
+    stt, llm, tts = harness.fakes.stt, harness.fakes.llm, harness.fakes.tts
+    s = harness.session()
+    await first_half_answered_unheard(harness, s)
+    stt.send(speech_event(True))
+    stt.send(speech_event(False))
+    stt.send(final(SECOND_HALF))
+    assert tts.hold is not None
+    tts.hold.set()
+    first = await s.wait_for(is_kind("latency"), timeout=WAIT)
+    await s.wait_for(lambda m: is_kind("latency")(m) and m.turn_id != first.turn_id, timeout=WAIT)
+    await s.close(timeout=WAIT)
+    assert [r.text for r in llm.requests] == [FIRST_HALF, SECOND_HALF]
+    assert not first.latency.interrupted
+
+
+async def test_a_final_that_comes_after_its_speaker_went_on_waits_for_the_rest(harness: Harness) -> None:
+    """The speaker resumed before the first part's final came (its decode outlasted their
+    pause): that final is not answered alone; the next one is answered with all the words."""
+    stt, llm = harness.fakes.stt, harness.fakes.llm
+    s = harness.session()
+    await stt_stream(harness, s)
+    for event in (speech_event(True), speech_event(False), speech_event(True), final(FIRST_HALF)):
+        stt.send(event)
+    await s.wait_for(final_transcript, timeout=WAIT)
+    stt.send(speech_event(False))
+    stt.send(final(SECOND_HALF))
+    record = await s.wait_for(is_kind("latency"), timeout=WAIT)
+    await s.close(timeout=WAIT)
+    whole = f"{FIRST_HALF} {SECOND_HALF}"
+    assert [r.text for r in llm.requests] == [whole]
+    assert [m.transcript.text for m in s.of("transcript") if m.transcript.is_final] == [FIRST_HALF, whole]
+    assert not record.latency.interrupted and len(s.of("latency")) == 1
+
+
+async def test_a_final_kept_back_for_noise_is_answered_when_the_noise_ends(harness: Harness) -> None:
+    stt, llm = harness.fakes.stt, harness.fakes.llm
+    s = harness.session()
+    await stt_stream(harness, s)
+    for event in (speech_event(True), speech_event(False), speech_event(True), final(FIRST_HALF)):
+        stt.send(event)
+    await s.wait_for(final_transcript, timeout=WAIT)
+    assert not llm.requests
+    stt.send(speech_event(False))
+    stt.send(final(""))
+    record = await s.wait_for(is_kind("latency"), timeout=WAIT)
+    await s.close(timeout=WAIT)
+    assert [r.text for r in llm.requests] == [FIRST_HALF] and record.latency.reply_text == ANSWER

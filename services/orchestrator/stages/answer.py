@@ -21,7 +21,7 @@ import structlog
 from parole.orchestrator.v1 import orchestrator_pb2 as pb
 from services.orchestrator.admission import Admission, Busy, Declined, declined_text, notice_text
 from services.orchestrator.gate import Gatekeeper
-from services.orchestrator.metrics import SPECULATIVE_TURNS, WAIT_NOTICES
+from services.orchestrator.metrics import CONTINUATIONS, SPECULATIVE_TURNS, WAIT_NOTICES
 from services.orchestrator.outbox import Outbox
 from services.orchestrator.stages.speak import WARM_TIMEOUT, Speak
 from services.orchestrator.stages.think import Think
@@ -44,6 +44,7 @@ class Answer:
         log: structlog.stdlib.BoundLogger,
         admission: Admission,
         language: str,
+        continuation: float = 0.0,
     ) -> None:
         self.think = think
         self.speak = speak
@@ -54,6 +55,12 @@ class Answer:
         self.log = log
         self.current: asyncio.Task[None] | None = None
         self.current_turn: Turn | None = None
+        self.current_out: TurnOutput | None = None
+        self.continuation = continuation
+        self.held: TurnOutput | None = None
+        """The turn whose output waits because the speaker resumed right after it (``hold``)."""
+        self._hold_over = asyncio.Event()
+        self._hold_over.set()
         self.admission = admission
         self.language = language
         self.ahead: Ahead | None = None
@@ -79,16 +86,21 @@ class Answer:
                     turn.mark("turn_started", time.monotonic())
                     out = TurnOutput(turn, self.outbox, self.gate)
                     self.current = asyncio.create_task(self.answer(turn, out), name=f"turn-{turn.turn_id}")
-                self.current_turn = turn
+                self.current_turn, self.current_out = turn, out
                 # wait() (unlike await) does not raise the turn's own cancellation (a barge-in),
                 # while a cancellation of this loop (the session ending) still propagates.
                 await asyncio.wait({self.current})
-                if self.current.cancelled():
+                if self.held is out:  # it ended while held: the next final says what becomes of it
+                    await self._hold_over.wait()
+                if turn.merged or out.held is not None or self.current.cancelled():
+                    # interrupted, or merged into the next turn: what was held goes unheard
+                    if out.held is not None:
+                        out.discard()
                     self._finished(out, interrupted=True)
                 elif (error := self.current.exception()) is not None:
                     raise error
                 await self.think.remember(turn)
-                self.current, self.current_turn = None, None
+                self.current, self.current_turn, self.current_out = None, None, None
         finally:
             # The session ended mid-turn (the client left, a stage failed): the turn goes too.
             for task in (warm, self.current, self.ahead.task if self.ahead else None):
@@ -196,9 +208,52 @@ class Answer:
             self.ahead.cancel()
             self.ahead = None
 
+    def hold(self, now: float) -> bool:
+        """Speech resumed. If the turn being answered was spoken and ended less than
+        ``continuation`` seconds ago, and nothing of its answer has been heard, the speaker may
+        be going on with the same sentence: its output is held (the LLM and TTS go on) until
+        the next final says (``merge``) or the speech proves to be noise (``release``)."""
+        turn, out = self.current_turn, self.current_out
+        if self.held is not None:
+            return True
+        if turn is None or out is None or self.current is None or self.current.done() or not turn.spoken:
+            return False
+        if "first_audio" in turn.timing or out.noticed or now - turn.start > self.continuation:
+            return False
+        out.hold()
+        self.held = out
+        self._hold_over.clear()
+        CONTINUATIONS.labels("held").inc()
+        return True
+
+    def merge(self) -> str | None:
+        """The speaker went on with words: the held turn is cancelled unheard (the LLM does
+        not remember it) and its text returned, to be joined to the new final's."""
+        out, self.held = self.held, None
+        self._hold_over.set()
+        if out is None:
+            return None
+        out.turn.merged = True
+        if self.current is not None and self.current_out is out:
+            self.current.cancel()
+        CONTINUATIONS.labels("merged").inc()
+        self.log.info("the speaker went on after a pause: the turn continues", turn_id=out.turn.turn_id)
+        return out.turn.text
+
+    def release(self) -> None:
+        """The speech that resumed held no words (a cough, a door), or recognition stopped:
+        the held answer goes out now, and on as it comes."""
+        out, self.held = self.held, None
+        self._hold_over.set()
+        if out is not None:
+            out.confirm()
+            CONTINUATIONS.labels("released").inc()
+
     def interrupt(self, reason: str) -> None:
         """Barge-in or interrupt: cancel the answer in progress and tell the client to stop."""
         self.withdraw()
+        self.held = None  # a held turn interrupted here is discarded by ``run``
+        self._hold_over.set()
         turn_id = self.current_turn.turn_id if self.current_turn else self.gate.turn_id
         if self.current is not None and not self.current.done():
             self.current.cancel()
@@ -229,6 +284,7 @@ class Ahead:
         turn = self.out.turn
         turn.turn_id = final.turn_id
         turn.final_at = final.final_at
+        turn.spoken = final.spoken
         for point in ("end_of_turn", "final_transcript"):
             if point in final.timing:
                 turn.timing[point] = final.timing[point] + final.start - turn.start

@@ -13,6 +13,7 @@ import re
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 import grpc
@@ -43,6 +44,26 @@ class Ahead(Protocol):
     def withdraw(self) -> None: ...
 
 
+class Continuation(Protocol):
+    """Who holds a turn's answer when its speaker resumes right after it (the answer stage)."""
+
+    def hold(self, now: float) -> bool: ...
+
+    def merge(self) -> str | None: ...
+
+    def release(self) -> None: ...
+
+
+@dataclass
+class _Heard:
+    """A final transcript with words, on its way to becoming a turn."""
+
+    text: str
+    start: float
+    final_at: float
+    ended_at: float | None
+
+
 class Listen:
     """The session's speech recognition: ``feed`` takes microphone audio, ``run`` is the stage."""
 
@@ -56,6 +77,7 @@ class Listen:
         barge_in: Callable[[], None] | None,
         interim_results: bool,
         ahead: Ahead | None = None,
+        continuation: Continuation | None = None,
         reconnect_max: float,
         log: structlog.stdlib.BoundLogger,
     ) -> None:
@@ -66,6 +88,7 @@ class Listen:
         self.barge_in = barge_in
         self.interim_results = interim_results
         self.ahead = ahead
+        self.continuation = continuation
         self.reconnect_max = reconnect_max
         self.log = log
         # Audio, and the client's end-of-utterance marks in their place among it.
@@ -74,6 +97,12 @@ class Listen:
         # When each SPEECH_ENDED arrived whose final has not yet: the STT sends an utterance's
         # end before decoding its final, and its finals in order.
         self.ended_at: deque[float] = deque()
+        self.ends = self.finals = self.started_after = 0
+        """Utterance ends and finals seen on this stream (one final per end, in order), and
+        the ends seen when speech last started: the speaker went on after final ``n`` if
+        ``started_after >= n``."""
+        self.pending: _Heard | None = None
+        """A final whose speaker was already going on when it came (see ``heard``)."""
         self.connected = True  # until a failure says otherwise: audio queues while it connects
         self._retry_delay = RETRY_DELAY
         self.outage_reported = False
@@ -111,12 +140,22 @@ class Listen:
         try:
             await self._listen()
         finally:
+            self._release()
             self.stopped.set()
+
+    def _release(self) -> None:
+        """No final will come to say whether a held answer, or a final kept back, was
+        continued: the answer goes out, the final becomes a turn."""
+        if self.continuation is not None:
+            self.continuation.release()
+        if self.pending is not None:
+            self._submit(self.pending)
 
     async def _listen(self) -> None:
         while True:
             self.clock.reset()
             self.ended_at.clear()
+            self.ends = self.finals = self.started_after = 0
             # Each stream reads the microphone through a pump of its own. When the stream
             # breaks, gRPC keeps reading its request stream (a dead call's reader is not
             # cancelled): leaving the block abandons the pump's channel, which ends that
@@ -127,6 +166,7 @@ class Listen:
                     return  # the client closed its side and STT flushed its last final
                 except grpc.aio.AioRpcError as err:
                     self.connected = False
+                    self._release()
                     if not self.outage_reported:  # once per outage, not once per retry
                         self.outage_reported = True
                         self.outbox.stage_error(
@@ -168,10 +208,15 @@ class Listen:
     def heard(self, resp: stt_pb2.StreamingRecognizeResponse) -> None:
         """One message of the STT stream: speech started or ended, or a transcript."""
         if resp.speech_event == stt_pb2.SPEECH_EVENT_TYPE_SPEECH_STARTED:
+            self.started_after = self.ends
             self.outbox.emit(speech=pb.SpeechActivity(started=True))
-            if self.barge_in is not None:
+            # Right after a turn whose answer is not heard yet, it may be the same sentence
+            # going on: the answer is held rather than cut (nothing was played to cut).
+            held = self.continuation is not None and self.continuation.hold(time.monotonic())
+            if self.barge_in is not None and not held:
                 self.barge_in()
         elif resp.speech_event == stt_pb2.SPEECH_EVENT_TYPE_SPEECH_ENDED:
+            self.ends += 1
             self.ended_at.append(time.monotonic())
             self.outbox.emit(speech=pb.SpeechActivity(started=False))
         elif resp.speech_event == stt_pb2.SPEECH_EVENT_TYPE_SPEECH_RESUMED:
@@ -182,7 +227,8 @@ class Listen:
             if self.ahead is not None and re.search(r"\w", r.transcript):
                 now = time.monotonic()
                 spoke_until = self.clock.wall_at(r.end_seconds) or now
-                self.ahead.speculate(r.transcript.strip(), start=min(spoke_until, now), heard_at=now)
+                text = self._joined(r.transcript)
+                self.ahead.speculate(text, start=min(spoke_until, now), heard_at=now)
             if self.interim_results:  # for the client it is one more interim transcript
                 self.outbox.emit(
                     transcript=pb.Transcript(
@@ -194,20 +240,42 @@ class Listen:
             ended_at = self.ended_at.popleft() if r.is_final and self.ended_at else None
             if not r.is_final and not self.interim_results:
                 return
-            turn_id = ""
+            turn_id, text = "", r.transcript
+            self.finals += r.is_final
             if r.is_final and re.search(r"\w", r.transcript):  # a final with words starts a turn (not ". . .")
+                # The words after a pause that continue a held turn, or a final kept back: one
+                # turn with all of them.
+                before = self.continuation.merge() if self.continuation is not None else None
+                if before or self.pending:
+                    text = self._joined(r.transcript, before)
+                self.pending = None
                 now = time.monotonic()
                 spoke_until = self.clock.wall_at(r.end_seconds) or now
-                turn = self.turns.submit(
-                    r.transcript.strip(), start=min(spoke_until, now), final_at=now, end_of_turn_at=ended_at
-                )
-                turn_id = turn.turn_id
+                heard = _Heard(text.strip(), min(spoke_until, now), now, ended_at)
+                if self.continuation is not None and self.started_after >= self.finals:
+                    # The speaker went on before this final came (its decode took longer than
+                    # their pause): it waits for what they say next rather than be answered alone.
+                    self.pending = heard
+                else:
+                    turn_id = self._submit(heard)
+            elif r.is_final:
+                self._release()  # the speech that resumed was not words
             self.outbox.emit(
                 turn_id,
-                transcript=pb.Transcript(
-                    text=r.transcript, is_final=r.is_final, language=r.language, confidence=r.confidence
-                ),
+                transcript=pb.Transcript(text=text, is_final=r.is_final, language=r.language, confidence=r.confidence),
             )
+
+    def _joined(self, transcript: str, before: str | None = None) -> str:
+        """``transcript`` after the words it continues (a held turn's, a final kept back)."""
+        parts = [p for p in (before, self.pending.text if self.pending else None, transcript.strip()) if p]
+        return " ".join(parts)
+
+    def _submit(self, heard: _Heard) -> str:
+        self.pending = None
+        turn = self.turns.submit(
+            heard.text, start=heard.start, final_at=heard.final_at, end_of_turn_at=heard.ended_at, spoken=True
+        )
+        return turn.turn_id
 
 
 def recognition_config(

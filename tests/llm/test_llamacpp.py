@@ -12,7 +12,8 @@ import pytest
 from parole.llm.v1 import llm_pb2
 from services.llm.backends.base import ChatMessage, Delta, Finish, GenerationParams
 from services.llm.backends.canned import CannedBackend
-from services.llm.backends.llamacpp import LlamaCppBackend, common_prefix
+from services.llm.backends.llamacpp import LlamaCppBackend
+from services.llm.backends.llamacpp_cache import common_prefix
 from services.models.store import ModelStore
 from services.runtime.errors import InvalidArgument, ResourceExhausted
 from tests.llm.conftest import SMOL, Served, ask, make_settings, serve
@@ -117,7 +118,7 @@ async def test_primed_system_prompts_are_cached_for_every_language(smol: LlamaCp
     try:
         for language, session in (("en", "Spain"), ("fr", "Italie"), ("en", "Peru"), ("fr", "Chine")):
             finish = await first_turn(language, session)
-            primed = smol._primes[prompts[language]]
+            primed = smol._cache.primes[prompts[language]]
             expected = finish.prompt_tokens - common_prefix(
                 primed.tokens, smol._prompt_tokens(messages(language, session))
             )
@@ -145,7 +146,7 @@ async def test_snapshots_stay_within_their_memory_budget(smol: LlamaCppBackend) 
         smol.session_snapshot_bytes = int(one * 1.5)  # room for one snapshot, not two
         await turn("m3", "What colour is the sky on a clear day?")  # saves m2: m1 must go
         assert 0 < smol.snapshot_bytes <= smol.session_snapshot_bytes
-        assert list(smol._snapshots) == ["m2"]
+        assert list(smol._cache.snapshots) == ["m2"]
     finally:
         smol.session_snapshot_bytes = budget
         await smol.reset_cache()

@@ -22,16 +22,18 @@ cancelled caller never lets the next one touch it while its thread still runs. B
 thread checks whether the caller has gone away (prompt decoding itself cannot be
 interrupted; it takes at most a few seconds). Tokens reach the caller through a
 ``services.runtime.streams.Channel``, the thread's failure after them.
+
+The contexts and the prompt caches they share (session snapshots, primed system prompts) are
+in ``llamacpp_cache.py``; these two are the only modules of the LLM service that import
+``llama_cpp``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import codecs
-import ctypes
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import AsyncGenerator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -39,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from services.llm.backends.base import BackendError, ChatMessage, Delta, Finish, GenerationParams
+from services.llm.backends.llamacpp_cache import Context, PromptCache, common_prefix
 from services.runtime.errors import InvalidArgument, ResourceExhausted
 from services.runtime.logging import get_logger
 from services.runtime.streams import Channel, ChannelClosed, EndOfStream, producing
@@ -56,36 +59,6 @@ class RunStats:
     cancelled: bool = False
     restored_snapshot: bool = False
     seconds: float = 0.0
-
-
-@dataclass
-class _Snapshot:
-    tokens: list[int]
-    state: bytes
-
-
-@dataclass(eq=False)
-class _Context:
-    """One KV cache over the shared weights, with the thread that runs it."""
-
-    llm: Any
-    executor: ThreadPoolExecutor
-    live_key: str | None = None
-    """The conversation whose tokens its cache holds."""
-    busy: bool = False
-    """Taken by a generation (until its thread is done)."""
-    used: float = 0.0
-    """When it was last taken (the least recently used goes to a new conversation)."""
-
-
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    """Length of the longest common prefix of two token lists."""
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 class LlamaCppBackend:
@@ -118,7 +91,7 @@ class LlamaCppBackend:
         self.session_snapshots = session_snapshots
         self.session_snapshot_bytes = session_snapshot_bytes
         self.last_run: RunStats | None = None
-        self._contexts: list[_Context] = []
+        self._contexts: list[Context] = []
         self._formatter: Any = None
         self._waiting = 0
         self._freed = asyncio.Event()
@@ -127,10 +100,7 @@ class LlamaCppBackend:
         # Session snapshots and primes are shared by the contexts (a state saved by one loads
         # into any other: same model, same size), and touched by their threads.
         self._shared = threading.Lock()
-        self._snapshots: OrderedDict[str, _Snapshot] = OrderedDict()
-        # Caches of the primed system prompts: kept for the process's life (a few hundred kB
-        # each), never evicted, restored by any conversation whose prompt starts with one.
-        self._primes: dict[str, _Snapshot] = {}
+        self._cache = PromptCache(self._shared)
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -147,7 +117,7 @@ class LlamaCppBackend:
             # its CPU caches) in one place.
             executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"llamacpp-{i}")
             llm = await loop.run_in_executor(executor, self._load)
-            self._contexts.append(_Context(llm, executor))
+            self._contexts.append(Context(llm, executor))
 
     def _load(self) -> Any:
         import llama_cpp
@@ -181,7 +151,7 @@ class LlamaCppBackend:
         contexts, self._contexts = self._contexts, []
         for c in contexts:
             c.executor.shutdown(wait=True)  # a running generation ends first
-        self._snapshots.clear()
+        self._cache.snapshots.clear()
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -192,7 +162,7 @@ class LlamaCppBackend:
     @property
     def snapshot_bytes(self) -> int:
         """Memory held by the saved session snapshots."""
-        return sum(len(s.state) for s in self._snapshots.values())
+        return self._cache.snapshot_bytes
 
     def count_tokens(self, text: str) -> int:
         """Tokens of ``text`` for this model (tokenising only reads the vocabulary: thread-safe)."""
@@ -238,7 +208,7 @@ class LlamaCppBackend:
         finally:
             self._give_back(c)
 
-    def _prime(self, c: _Context, system_prompt: str) -> None:
+    def _prime(self, c: Context, system_prompt: str) -> None:
         llm = c.llm
         tokens = self._prompt_tokens([ChatMessage("system", system_prompt), ChatMessage("user", ".")])
         # The shared prefix ends where the user's words begin: stop before the placeholder.
@@ -247,9 +217,7 @@ class LlamaCppBackend:
         self._save_live(c)
         llm.reset()
         llm.eval(prefix)
-        snapshot = self._snapshot(c)
-        with self._shared:
-            self._primes[system_prompt] = snapshot
+        self._cache.prime(c, system_prompt)
         c.live_key = None
 
     async def reset_cache(self) -> None:
@@ -260,13 +228,12 @@ class LlamaCppBackend:
             for c in taken:
                 c.llm.reset()
                 c.live_key = None
-            self._snapshots.clear()
-            self._primes.clear()
+            self._cache.clear()
         finally:
             for c in taken:
                 self._give_back(c)
 
-    async def _take(self, key: str | None) -> _Context:
+    async def _take(self, key: str | None) -> Context:
         """A free context, waiting for one (within ``max_waiting``): the one holding this
         conversation's cache if it is free, else the least recently used."""
         while True:
@@ -288,7 +255,7 @@ class LlamaCppBackend:
             finally:
                 self._waiting -= 1
 
-    def _give_back(self, c: _Context) -> None:
+    def _give_back(self, c: Context) -> None:
         c.busy = False
         self._freed.set()
 
@@ -326,7 +293,7 @@ class LlamaCppBackend:
                     return
 
     def _run(
-        self, c: _Context, messages: list[ChatMessage], params: GenerationParams, out: Channel[Delta | Finish]
+        self, c: Context, messages: list[ChatMessage], params: GenerationParams, out: Channel[Delta | Finish]
     ) -> None:
         with self._shared:
             self._running += 1
@@ -344,7 +311,7 @@ class LlamaCppBackend:
 
     def _generate(
         self,
-        c: _Context,
+        c: Context,
         messages: list[ChatMessage],
         params: GenerationParams,
         out: Channel[Delta | Finish],
@@ -412,65 +379,14 @@ class LlamaCppBackend:
             llama_cpp.llama_set_n_threads(ctx, want, want)
         return want
 
-    def _switch_conversation(self, c: _Context, key: str | None, tokens: list[int]) -> bool:
-        """Saves the live cache of the conversation being left and restores the one coming back.
+    def _switch_conversation(self, c: Context, key: str | None, tokens: list[int]) -> bool:
+        """Saves the live cache of the conversation being left and restores the one coming back
+        (within ``session_snapshots`` and ``session_snapshot_bytes`` as they are now).
 
         Returns True when a saved cache was restored.
         """
-        llm = c.llm
-        own = None
-        if key != c.live_key:
-            if self.session_snapshots > 0:
-                self._save_live(c)
-            c.live_key = key
-            if key is not None and self.session_snapshots > 0:
-                with self._shared:
-                    own = self._snapshots.pop(key, None)
-        # The best cache to start from: the conversation's own, or a primed system prompt,
-        # whichever shares the longest prefix with this prompt; the live one if it is as good.
-        live = common_prefix(llm.input_ids[: llm.n_tokens].tolist(), tokens)
-        with self._shared:
-            candidates = [s for s in (own, *self._primes.values()) if s is not None]
-        best = max(candidates, key=lambda snap: common_prefix(snap.tokens, tokens), default=None)
-        if best is None or common_prefix(best.tokens, tokens) <= live:
-            return False
-        return self._restore(c, best)
+        return self._cache.switch_conversation(c, key, tokens, self.session_snapshots, self.session_snapshot_bytes)
 
-    @staticmethod
-    def _snapshot(c: _Context) -> _Snapshot:
-        """The context's live KV cache and the tokens it holds."""
-        import llama_cpp
-
-        llm = c.llm
-        ctx = llm._ctx.ctx
-        size = llama_cpp.llama_state_get_size(ctx)
-        buf = (ctypes.c_uint8 * int(size))()
-        written = llama_cpp.llama_state_get_data(ctx, buf, size)
-        return _Snapshot(llm.input_ids[: llm.n_tokens].tolist(), bytes(memoryview(buf)[: int(written)]))
-
-    def _save_live(self, c: _Context) -> None:
+    def _save_live(self, c: Context) -> None:
         """Keeps the context's live conversation cache among the snapshots (the oldest go first)."""
-        if c.live_key is None or c.llm.n_tokens == 0 or self.session_snapshots <= 0:
-            return
-        snapshot = self._snapshot(c)
-        with self._shared:
-            self._snapshots[c.live_key] = snapshot
-            self._snapshots.move_to_end(c.live_key)
-            while len(self._snapshots) > self.session_snapshots or self.snapshot_bytes > self.session_snapshot_bytes:
-                self._snapshots.popitem(last=False)
-
-    @staticmethod
-    def _restore(c: _Context, snap: _Snapshot) -> bool:
-        import llama_cpp
-
-        llm = c.llm
-        data = (ctypes.c_uint8 * len(snap.state)).from_buffer_copy(snap.state)
-        if llama_cpp.llama_state_set_data(llm._ctx.ctx, data, len(snap.state)) != len(snap.state):
-            llm.reset()
-            return False
-        n = len(snap.tokens)
-        llm.input_ids[:n] = snap.tokens
-        llm.n_tokens = n
-        # The restored logits are not those of a live decode: make generate() decode again.
-        llm._requires_eval = True
-        return True
+        self._cache.save_live(c, self.session_snapshots, self.session_snapshot_bytes)

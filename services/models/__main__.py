@@ -18,7 +18,9 @@ import urllib.request
 from pathlib import Path
 
 from services.models.catalog import FETCHABLE_WHISPER, OFFLINE, find_offline
-from services.models.store import ModelError, ModelStore, WheelSource, safe_name
+from services.models.errors import safe_name
+from services.models.store import ModelError, ModelStore
+from services.models.wheels import WheelSource
 from services.runtime.config import default_model_dir
 
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from services.models.catalog import OFFLINE, Member, OfflineModel, OutputFile
-from services.models.store import ModelError, ModelStore, WheelSource
+from services.models.store import ModelError, ModelStore
+from services.models.wheels import WheelSource
 from tests.conftest import REPO
 
 

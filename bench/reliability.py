@@ -151,9 +151,7 @@ def main() -> int:
     rc = 0
     if args.fuzz_only:
         (LEDGER_DIR / "bad_input.jsonl").unlink(missing_ok=True)
-        rc = subprocess.call(
-            [sys.executable, "-m", "pytest", "-q", *FUZZ_MODULES], cwd=REPO, env=env
-        )
+        rc = subprocess.call([sys.executable, "-m", "pytest", "-q", *FUZZ_MODULES], cwd=REPO, env=env)
     elif not args.table_only:
         shutil.rmtree(LEDGER_DIR, ignore_errors=True)  # this run's records only
         rc = subprocess.call([sys.executable, "-m", "pytest", "-q", "tests/reliability"], cwd=REPO, env=env)

@@ -1,24 +1,15 @@
-"""Starts Parole services as local processes, exactly as their containers would run them.
+"""The launcher: starts the fleet's services as subprocesses (the containers' commands and
+environment), waits until each is SERVING, restarts one, and stops them all in order.
 
-``make run``, the end-to-end tests and the benchmark all use this launcher, so what they test
-is the command a container runs (``python -m services.stt`` ...) configured the same way: by
-environment variables (``STT_SERVER__PORT`` ...). The orchestrator starts last and is told
-where the others listen (``ORCH_STT__TARGET`` ...).
-
-``python -m services.fleet [stt llm tts orchestrator gateway]`` starts a fleet and keeps it up
-until Ctrl-C::
-
-    with Fleet(["stt", "llm", "tts", "orchestrator"]) as fleet:
-        target = fleet.target("orchestrator")
+Separate from ``catalog.py`` (what the services are) and ``ports.py`` (probing ports): this is
+the process spawning and supervision.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -26,64 +17,14 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import IO, Self
 
 import grpc
 
+from services.fleet.catalog import ALL, CATALOG, LOCALHOST, REPO, ServiceSpec
+from services.fleet.ports import free_port, port_holder, port_in_use
 from services.runtime.healthcheck import SERVING, status_sync
-
-REPO = Path(__file__).resolve().parent.parent
-LOCALHOST = "127.0.0.1"
-
-
-@dataclass(frozen=True)
-class ServiceSpec:
-    """How to run one service and where it listens."""
-
-    name: str
-    module: str
-    """Run as ``python -m <module>``: the container's command."""
-    env_prefix: str
-    """Prefix of the service's settings variables (``STT_``)."""
-    port: int
-    """gRPC port; 0 picks a free one at start."""
-    metrics_port: int | None = None
-    """Prometheus port; None leaves the service's own setting, 0 picks a free one."""
-    depends_on: tuple[str, ...] = ()
-    """Services that must be SERVING first; each is passed as ``<PREFIX><DEP>__TARGET``."""
-    extra_ports: tuple[tuple[str, int], ...] = ()
-    """Other ports the service listens on, as (setting, port): ``("HTTP__PORT", 8000)`` is
-    passed as ``<PREFIX>HTTP__PORT``. They follow the gRPC port: a free one when it is 0."""
-
-
-# Ports and metrics ports are the services' documented defaults, so a fleet started here is
-# reachable where a compose deployment would be.
-CATALOG: dict[str, ServiceSpec] = {
-    "stt": ServiceSpec("stt", "services.stt", "STT_", 50051, 9091),
-    "llm": ServiceSpec("llm", "services.llm", "LLM_", 50052, 9092),
-    "tts": ServiceSpec("tts", "services.tts", "TTS_", 50053, 9093),
-    "orchestrator": ServiceSpec(
-        "orchestrator", "services.orchestrator", "ORCH_", 50050, 9090, depends_on=("stt", "llm", "tts")
-    ),
-    # OpenAI-compatible HTTP/Realtime API on 8000, Wyoming ASR on 10300 and TTS on 10200; the
-    # gRPC port serves health only.
-    "gateway": ServiceSpec(
-        "gateway",
-        "services.gateway",
-        "GATEWAY_",
-        50054,
-        9094,
-        depends_on=("stt", "llm", "tts", "orchestrator"),
-        extra_ports=(("HTTP__PORT", 8000), ("WYOMING__ASR_PORT", 10300), ("WYOMING__TTS_PORT", 10200)),
-    ),
-}
-ALL = ("stt", "llm", "tts", "orchestrator")
-"""The conversation's services (what the tests start as "the fleet")."""
-DEFAULT = (*ALL, "gateway")
-"""What ``make run`` and ``python -m services.fleet`` start: the conversation and the gateway
-that opens it to OpenAI clients and Home Assistant."""
-
 
 # Run as ``python -c <this> <launcher pid> <command...>``: the new process asks for SIGTERM
 # when the launcher dies, even by SIGKILL (so a killed test run or benchmark never leaves
@@ -100,75 +41,6 @@ _DIE_WITH_PARENT = (
 
 class FleetError(RuntimeError):
     """A service could not be started; the message says which and shows its log."""
-
-
-def free_port(host: str = LOCALHOST) -> int:
-    """A port free right now (another process may take it before it is used: tests only)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def port_in_use(port: int, host: str = LOCALHOST) -> bool:
-    """True when something listens on ``port``.
-
-    A bind probe (SO_REUSEADDR, no SO_REUSEPORT: with it a second gRPC server would start on
-    the same port and the health check could be answered by the old one) passes over a free
-    port at once. When it fails, the port may only hold the TIME-WAIT leftovers of a fleet that
-    just stopped, which do not stop a new server from binding: only a listener that accepts a
-    connection (or is too busy to answer: a closed local port refuses at once) counts.
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-            return False
-        except OSError:
-            pass
-    try:
-        socket.create_connection((host, port), timeout=1.0).close()
-    except ConnectionRefusedError:
-        return False
-    except OSError:
-        return True  # no answer in time: a listener with a full backlog
-    return True
-
-
-def _listening_inodes(port: int) -> set[str]:
-    """Inodes of the sockets listening on ``port``, from /proc/net/tcp and tcp6 (Linux)."""
-    inodes: set[str] = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            # local_address is HEX_IP:HEX_PORT; state 0A is LISTEN; inode is the 10th field.
-            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                inodes.add(fields[9])
-    return inodes
-
-
-def port_holder(port: int) -> str:
-    """Who listens on ``port``, as far as this user can see: "another Parole fleet" when a
-    health service answers there, the process id and command line from /proc, or "".
-    """
-    with grpc.insecure_channel(f"{LOCALHOST}:{port}") as channel:
-        try:
-            status_sync(channel, timeout=0.5)
-            parole = True
-        except grpc.RpcError:
-            parole = False
-    inodes = {f"socket:[{i}]" for i in _listening_inodes(port)}
-    owners: list[str] = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        with contextlib.suppress(OSError):  # processes come and go; others' fds are not ours to read
-            if any(os.readlink(fd) in inodes for fd in (proc / "fd").iterdir()):
-                command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-                owners.append(f"pid {proc.name}: {command[:80]}")
-    who = ("another Parole fleet, " if parole else "") + "; ".join(owners)
-    return who.rstrip(", ")
 
 
 def tail(path: Path | None, lines: int = 30) -> str:
@@ -480,67 +352,6 @@ class Fleet:
                 channel.close()
 
 
-def _parse_ports(items: Sequence[str]) -> dict[str, int]:
-    ports: dict[str, int] = {}
-    for item in items:
-        name, _, port = item.partition("=")
-        if not port.isdigit():
-            raise SystemExit(f"--port wants NAME=PORT, got {item!r}")
-        ports[name] = int(port)
-    return ports
-
-
 def announce(child: Child) -> None:
     """Prints that a service is SERVING (progress while models load)."""
     print(f"  {child.spec.name:<13} {child.target:<16} SERVING after {child.serving_after or 0:5.1f} s", flush=True)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m services.fleet", description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "services", nargs="*", metavar="SERVICE", help=f"any of {', '.join(DEFAULT)} (default: all of them)"
-    )
-    parser.add_argument("--port", action="append", default=[], metavar="NAME=PORT", help="e.g. stt=50061")
-    parser.add_argument("--log-dir", type=Path, default=REPO / "reports" / "fleet", help="one <name>.log each")
-    parser.add_argument("--inherit-logs", action="store_true", help="services log to this terminal instead")
-    parser.add_argument("--timeout", type=float, default=600.0, help="seconds each stage may take to be SERVING")
-    args = parser.parse_args(argv)
-    services: list[str] = args.services or list(DEFAULT)
-    unknown = [s for s in services if s not in CATALOG]
-    if unknown:
-        parser.error(f"unknown services {unknown}; choose among {', '.join(DEFAULT)}")
-    # The orchestrator (and the gateway) cannot run without the services they call.
-    for name in ("gateway", "orchestrator"):
-        if name in services:
-            services = [*dict.fromkeys([*CATALOG[name].depends_on, *services])]
-    services = [n for n in DEFAULT if n in services]  # dependency order
-    fleet = Fleet(
-        services,
-        ports=_parse_ports(args.port),
-        log_dir=None if args.inherit_logs else args.log_dir,
-        ready_timeout=args.timeout,
-        on_ready=announce,
-    )
-
-    def _terminate(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    # SIGTERM (docker stop, a supervisor) takes the same clean path as Ctrl-C.
-    signal.signal(signal.SIGTERM, _terminate)
-    print(f"starting {', '.join(services)} ...", flush=True)
-    try:
-        with fleet:
-            if "gateway" in services:
-                print(f"web client: {fleet.web_client_url()} (open it in a browser)", flush=True)
-            print("fleet is up; Ctrl-C stops it", flush=True)
-            signal.pause()
-    except FleetError as exc:
-        print(f"fleet: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("stopping the fleet", flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -68,13 +68,6 @@ class Turn:
     merged: bool = False
     """Cancelled unheard because the speaker went on: the next turn holds its words too."""
 
-    @property
-    def remembered_later(self) -> bool:
-        """The LLM is asked not to remember this exchange, which the orchestrator records once
-        it stands (``Think.remember``): a turn started on a pause's transcript, or a spoken one,
-        which a continuation may still merge into the next."""
-        return self.speculative or self.spoken
-
     def mark(self, point: str, now: float, *, first: bool = True) -> None:
         """Records when ``point`` was reached (the first time, unless ``first`` is False)."""
         if first:

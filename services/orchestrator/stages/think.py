@@ -64,10 +64,9 @@ class Think:
             session_id=self.session_id,
             text=turn.text,
             options=llm_pb2.GenerationOptions(language=self.language, system_prompt=self.persona),
-            # Answering a pause's transcript, or a spoken turn the speaker may yet continue:
-            # the LLM must not remember an exchange that going on would make wrong
-            # (``remember`` records it once it stands).
-            speculative=turn.remembered_later,
+            # Answering a pause's transcript: the LLM must not remember an exchange the
+            # speaker may yet make wrong by going on (``remember`` records it once it stands).
+            speculative=turn.speculative,
         )
         turn.mark("llm_request", time.monotonic())
         async for r in self.llm.Generate(request, timeout=self.timeout):
@@ -82,11 +81,10 @@ class Think:
                 turn.answered = True
 
     async def remember(self, turn: Turn) -> None:
-        """Records the exchange of a turn that stood (a confirmed answer ahead, a spoken turn
-        not merged into the next) in the session's history, as the LLM service does itself for
-        a typed turn (only a complete answer is remembered). A failure costs the conversation
-        this one exchange of context, not the turn: logged."""
-        if not (turn.remembered_later and turn.answered) or turn.merged:
+        """Records a confirmed speculative turn's exchange in the session's history, as the
+        LLM service does itself for a normal turn (only a complete answer is remembered). A
+        failure costs the conversation this one exchange of context, not the turn: logged."""
+        if not (turn.speculative and turn.answered) or turn.merged:
             return
         request = llm_pb2.AddExchangeRequest(
             session_id=self.session_id, user=turn.text, assistant="".join(turn.reply), language=self.language

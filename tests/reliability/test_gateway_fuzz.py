@@ -12,6 +12,7 @@ import struct
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -163,21 +164,31 @@ async def still_serving(gw: GatewayFleet) -> bool:
     return r.status_code == 200 and "plus" in r.json()["text"].lower()
 
 
-def check_http(r: httpx.Response, codes: Counter[str]) -> None:
-    codes[str(r.status_code)] += 1
+@dataclass
+class Seen:
+    """What one target sent and got: ``calls`` generated calls (requests, events) and the
+    ``codes`` of their replies (a Realtime or Wyoming event may get several replies)."""
+
+    calls: int = 0
+    codes: Counter[str] = field(default_factory=Counter)
+
+
+def check_http(r: httpx.Response, seen: Seen) -> None:
+    seen.calls += 1
+    seen.codes[str(r.status_code)] += 1
     assert r.status_code in HTTP_OK, (r.status_code, r.text[:300])
     if r.status_code >= 400:
         error = r.json()["error"]
         assert set(error) == {"message", "type", "param", "code"} and error["message"], error
 
 
-async def run_target(gw: GatewayFleet, name: str, body: Callable[[Counter[str]], None]) -> None:
+async def run_target(gw: GatewayFleet, name: str, body: Callable[[Seen], None]) -> None:
     """Runs one fuzz target in a worker thread (its clients block; the fleet's loop runs here)."""
-    codes: Counter[str] = Counter()
+    seen = Seen()
     started = time.monotonic()
     failure: BaseException | None = None
     try:
-        await asyncio.to_thread(body, codes)
+        await asyncio.to_thread(body, seen)
     except BaseException as exc:
         failure = exc
     serving = await still_serving(gw)
@@ -186,8 +197,9 @@ async def run_target(gw: GatewayFleet, name: str, body: Callable[[Counter[str]],
         f"gateway {name}",
         passed=failure is None and serving,
         contract="gateway",
-        examples=sum(codes.values()),
-        codes=dict(codes),
+        examples=seen.calls,
+        replies=sum(seen.codes.values()),
+        codes=dict(seen.codes),
         seconds=round(time.monotonic() - started, 1),
         real_call_after=serving,
         failure=repr(failure)[:300] if failure else None,
@@ -198,13 +210,13 @@ async def run_target(gw: GatewayFleet, name: str, body: Callable[[Counter[str]],
 
 
 async def test_fuzz_chat_completions(gw: GatewayFleet) -> None:
-    def body(codes: Counter[str]) -> None:
+    def body(seen: Seen) -> None:
         with httpx.Client(base_url=gw.base_url, headers=AUTH, timeout=120) as http:
 
             @fuzz_settings("chat completions")
             @given(chat_body)
             def one(payload: dict[str, Any]) -> None:
-                check_http(http.post("/chat/completions", json=payload), codes)
+                check_http(http.post("/chat/completions", json=payload), seen)
 
             one()
 
@@ -212,13 +224,13 @@ async def test_fuzz_chat_completions(gw: GatewayFleet) -> None:
 
 
 async def test_fuzz_speech(gw: GatewayFleet) -> None:
-    def body(codes: Counter[str]) -> None:
+    def body(seen: Seen) -> None:
         with httpx.Client(base_url=gw.base_url, headers=AUTH, timeout=120) as http:
 
             @fuzz_settings("speech")
             @given(speech_body)
             def one(payload: dict[str, Any]) -> None:
-                check_http(http.post("/audio/speech", json=payload), codes)
+                check_http(http.post("/audio/speech", json=payload), seen)
 
             one()
 
@@ -226,13 +238,13 @@ async def test_fuzz_speech(gw: GatewayFleet) -> None:
 
 
 async def test_fuzz_transcriptions(gw: GatewayFleet) -> None:
-    def body(codes: Counter[str]) -> None:
+    def body(seen: Seen) -> None:
         with httpx.Client(base_url=gw.base_url, headers=AUTH, timeout=120) as http:
 
             @fuzz_settings("transcriptions")
             @given(audio_file, form_fields)
             def one(audio: bytes, fields: dict[str, str]) -> None:
-                check_http(http.post("/audio/transcriptions", files={"file": ("f.bin", audio)}, data=fields), codes)
+                check_http(http.post("/audio/transcriptions", files={"file": ("f.bin", audio)}, data=fields), seen)
 
             one()
 
@@ -240,7 +252,7 @@ async def test_fuzz_transcriptions(gw: GatewayFleet) -> None:
 
 
 async def test_fuzz_raw_bodies(gw: GatewayFleet) -> None:
-    def body(codes: Counter[str]) -> None:
+    def body(seen: Seen) -> None:
         with httpx.Client(base_url=gw.base_url, headers=AUTH, timeout=60) as http:
 
             @fuzz_settings("raw bodies")
@@ -248,7 +260,7 @@ async def test_fuzz_raw_bodies(gw: GatewayFleet) -> None:
             def one(target: tuple[str, str, bytes]) -> None:
                 path, content_type, data = target
                 check_http(
-                    http.post(path, content=data, headers={"Content-Type": content_type} if content_type else {}), codes
+                    http.post(path, content=data, headers={"Content-Type": content_type} if content_type else {}), seen
                 )
 
             one()
@@ -259,20 +271,21 @@ async def test_fuzz_raw_bodies(gw: GatewayFleet) -> None:
 async def test_fuzz_realtime_events(gw: GatewayFleet) -> None:
     url = gw.base_url.replace("http", "ws") + "/realtime"
 
-    def body(codes: Counter[str]) -> None:
+    def body(seen: Seen) -> None:
         with websockets.sync.client.connect(url, additional_headers=AUTH, max_size=None) as ws:
             assert json.loads(ws.recv(timeout=10))["type"] == "session.created"
 
             @fuzz_settings("realtime events")
             @given(realtime_event)
             def one(event: dict[str, Any]) -> None:
+                seen.calls += 1
                 ws.send(json.dumps(event))
                 # Every event is answered (an error, an ack) or takes effect silently (append);
                 # a ping proves the socket and the session are alive either way.
                 ws.send(json.dumps({"type": "input_audio_buffer.clear", "event_id": "ping"}))
                 while True:
                     reply = json.loads(ws.recv(timeout=30))
-                    codes[reply["type"]] += 1
+                    seen.codes[reply["type"]] += 1
                     if reply["type"] == "error":
                         assert reply["error"]["message"] and reply["error"]["type"], reply
                     if reply["type"] == "input_audio_buffer.cleared":
@@ -284,11 +297,12 @@ async def test_fuzz_realtime_events(gw: GatewayFleet) -> None:
 
 
 async def test_fuzz_wyoming_events(gw: GatewayFleet) -> None:
-    def body(codes: Counter[str]) -> None:
+    def body(seen: Seen) -> None:
         @fuzz_settings("wyoming events")
         @given(wyoming_event, st.sampled_from([gw.asr_port, gw.tts_port]))
         def one(event: tuple[str, dict[str, Any], bytes], port: int) -> None:
             kind, data, payload = event
+            seen.calls += 1
             header = {"type": kind, "data": data, "payload_length": len(payload)}
             with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
                 sock.sendall(json.dumps(header).encode() + b"\n" + payload)
@@ -297,7 +311,7 @@ async def test_fuzz_wyoming_events(gw: GatewayFleet) -> None:
                 stream = sock.makefile("rb")
                 while line := stream.readline():
                     reply = json.loads(line)
-                    codes[reply["type"]] += 1
+                    seen.codes[reply["type"]] += 1
                     if reply.get("data_length"):
                         stream.read(reply["data_length"])
                     if reply.get("payload_length"):

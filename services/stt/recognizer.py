@@ -8,8 +8,6 @@ bound and the priorities hold across every call of the process.
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -20,6 +18,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from services.runtime.audio import SPEECH_RATE, FloatAudio
 from services.runtime.errors import InvalidArgument, ResourceExhausted, Unavailable
 from services.runtime.logging import get_logger
+from services.runtime.priority import PriorityGate
 from services.runtime.resilience import CLIENT_FAULTS, BreakerOpen, Breakers, ByteBudgetCache, digest
 from services.stt.engine import DecodeKind, DecodeOptions, Engine, Transcript
 
@@ -67,78 +66,47 @@ class DecodeQueue:
     Interims never wait: one starts only when a worker is free and nobody waits, and with
     two or more workers they may hold all but one, so a final always finds a worker that no
     interim holds (a running decode cannot be interrupted).
+
+    Admission and waiting are the shared ``PriorityGate`` (the TTS serves its pieces through
+    the same one): interims are its jobs that are not urgent, every other kind an urgent one.
+    What is the STT's own stays here: the priority of each kind, the bound on pending decodes
+    and that an interim is refused rather than made to wait.
     """
 
     def __init__(self, workers: int, max_pending: int) -> None:
         self.workers = workers
         self.max_pending = max_pending
-        self.interim_cap = max(1, workers - 1)
-        self._running = 0
-        self._interims = 0
-        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
-        self._seq = itertools.count()
+        self._gate = PriorityGate(workers, on_change=self._update_depth)
+        self.interim_cap = self._gate.relaxed_cap
 
     @property
     def pending(self) -> int:
         """Decodes running or waiting."""
-        return self._running + sum(1 for *_, f in self._waiters if not f.done())
+        return self._gate.running + self._gate.waiting
 
     @property
     def interim_welcome(self) -> bool:
         """An interim could start now without taking a final's worker."""
-        return self._running < self.workers and not self._waiters and self._interims < self.interim_cap
+        return self._gate.admits(urgent=False) and not self._gate.waiting
+
+    def _update_depth(self) -> None:
+        QUEUE_DEPTH.set(self.pending)
 
     @asynccontextmanager
     async def slot(self, kind: DecodeKind) -> AsyncIterator[None]:
-        if kind == "interim":
+        interim = kind == "interim"
+        if interim:
             if not self.interim_welcome:
                 raise ResourceExhausted("no idle decode worker for an interim result")
-            self._interims += 1
-            self._running += 1
-            QUEUE_DEPTH.set(self.pending)
-        else:
-            await self._acquire(kind)
-        try:
-            yield
-        finally:
-            if kind == "interim":
-                self._interims -= 1
-            self._release()
-
-    async def _acquire(self, kind: DecodeKind) -> None:
-        if self._running < self.workers and not self._waiters:
-            self._running += 1
-            QUEUE_DEPTH.set(self.pending)
-            return
-        if self.pending >= self.max_pending:
+            # The gate admits it at once, without yielding: nothing can take the worker first.
+        elif not self._gate.admits(urgent=True) and self.pending >= self.max_pending:
             REJECTED.labels(kind).inc()
             raise ResourceExhausted(
                 f"speech-to-text is overloaded: {self.pending} decodes running or queued (limit "
                 f"{self.max_pending}); retry with backoff"
             )
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._waiters, (PRIORITY[kind], next(self._seq), fut))
-        QUEUE_DEPTH.set(self.pending)
-        try:
-            await fut
-        except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled():
-                # Granted just as we were cancelled: hand the slot on.
-                self._release()
-            else:
-                self._waiters = [w for w in self._waiters if w[2] is not fut]
-                heapq.heapify(self._waiters)
-                QUEUE_DEPTH.set(self.pending)
-            raise
-
-    def _release(self) -> None:
-        self._running -= 1
-        while self._waiters and self._running < self.workers:
-            _, _, fut = heapq.heappop(self._waiters)
-            if not fut.done():
-                self._running += 1
-                fut.set_result(None)
-        QUEUE_DEPTH.set(self.pending)
+        async with self._gate.slot(PRIORITY[kind], urgent=not interim):
+            yield
 
 
 @dataclass(frozen=True)

@@ -58,3 +58,29 @@ async def test_jobs_that_can_wait_leave_one_place_to_urgent_ones() -> None:
     release.set()
     await asyncio.gather(*relaxed, urgent)
     assert started == ["later-0", "now", "later-1"] and gate.running == gate.relaxed == 0
+
+
+async def test_admits_says_who_would_take_a_place_at_once_and_on_change_follows_every_move() -> None:
+    seen: list[tuple[int, int]] = []
+    gate = PriorityGate(2, on_change=lambda: seen.append((gate.running, gate.waiting)))
+    assert gate.admits() and gate.admits(urgent=False)
+    release = asyncio.Event()
+
+    async def job(urgent: bool) -> None:
+        async with gate.slot(0, urgent=urgent):
+            await release.wait()
+
+    relaxed = asyncio.create_task(job(False))
+    await asyncio.sleep(0)
+    # One place left, kept for urgent jobs: an owner can refuse a relaxed one instead of queueing it.
+    assert gate.admits() and not gate.admits(urgent=False)
+    urgent = asyncio.create_task(job(True))
+    waiter = asyncio.create_task(job(True))
+    await asyncio.sleep(0)
+    assert not gate.admits() and gate.waiting == 1
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    release.set()
+    await asyncio.gather(relaxed, urgent)
+    assert seen == [(1, 0), (2, 0), (2, 1), (2, 0), (1, 0), (0, 0)]

@@ -133,6 +133,8 @@ class SpeechEvent:
     utterance: int
     at_seconds: float
     processed_seconds: float
+    voice_end_seconds: float = 0.0
+    """For "ended": where the voice stopped (the final's end), before the silence that ended it."""
 
 
 @dataclass(frozen=True)

@@ -196,7 +196,15 @@ class StreamSession:
         else:
             utt = self._utt or _Utterance(event.utterance)
             self._utt = None
-            self._emit(SpeechEvent("ended", event.utterance, event.at_sample / SPEECH_RATE, self.processed_seconds))
+            self._emit(
+                SpeechEvent(
+                    "ended",
+                    event.utterance,
+                    event.at_sample / SPEECH_RATE,
+                    self.processed_seconds,
+                    voice_end_seconds=event.voice_end_sample / SPEECH_RATE,
+                )
+            )
             spec = utt.spec_task if utt.spec_task is not None and utt.spec_end == event.end_sample else None
             if spec is None and utt.spec_task is not None:
                 utt.spec_task.cancel()

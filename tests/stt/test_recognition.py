@@ -86,6 +86,10 @@ async def test_two_utterances_give_two_finals_in_order(stt: Served, short_phrase
     assert results[0].end_seconds <= results[1].start_seconds
     events = [r.speech_event for r in responses if not r.HasField("result")]
     assert events == [EVENT.SPEECH_EVENT_TYPE_SPEECH_STARTED, EVENT.SPEECH_EVENT_TYPE_SPEECH_ENDED] * 2
+    # Each end says where the voice stopped (its final's end), before the silence that ended it.
+    ends = [r for r in responses if r.speech_event == EVENT.SPEECH_EVENT_TYPE_SPEECH_ENDED]
+    assert [e.voice_end_seconds for e in ends] == pytest.approx([r.end_seconds for r in results])
+    assert all(e.voice_end_seconds < e.event_seconds for e in ends)
 
 
 async def test_single_utterance_stops_after_the_first_final(stt: Served, short_phrase: Pcm) -> None:

@@ -170,6 +170,7 @@ class Conversation:
             interim_results=s.interim_results,
             ahead=self.answer if settings.preemptive_generation else None,
             continuation=self.answer if settings.continuation_seconds > 0 else None,
+            early=self.answer.early,
             reconnect_max=settings.stt_reconnect_max_seconds,
             log=self.log,
         )

@@ -86,16 +86,33 @@ class TurnQueue:
         self._count = 0
 
     def submit(
-        self, text: str, *, start: float, final_at: float, end_of_turn_at: float | None = None, spoken: bool = False
+        self,
+        text: str,
+        *,
+        start: float,
+        final_at: float,
+        end_of_turn_at: float | None = None,
+        spoken: bool = False,
+        reserved: Turn | None = None,
     ) -> Turn:
         """Queues a turn: ``start`` is when the user stopped speaking (or typed), ``final_at``
-        when its final transcript arrived, ``end_of_turn_at`` when the STT said the turn ended."""
-        turn = Turn(self.next_id(), text, start, final_at, spoken=spoken)
+        when its final transcript arrived, ``end_of_turn_at`` when the STT said the turn ended.
+        A ``reserved`` turn (one that already said "one moment") is the one queued, with these
+        words; its start stays the one its notice was timed from."""
+        if reserved is None:
+            turn = Turn(self.next_id(), text, start, final_at, spoken=spoken)
+        else:
+            turn, turn.text, turn.final_at, turn.spoken = reserved, text, final_at, spoken
         if end_of_turn_at is not None:
             turn.mark("end_of_turn", end_of_turn_at)
         turn.mark("final_transcript", final_at)
         self.channel.send_nowait(turn)
         return turn
+
+    def reserve(self, start: float) -> Turn:
+        """A turn with its id, not queued yet: the person stopped speaking at ``start`` and
+        the words are still being recognised (see ``submit``)."""
+        return Turn(self.next_id(), "", start, start, spoken=True)
 
     def next_id(self) -> str:
         self._count += 1

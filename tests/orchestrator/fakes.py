@@ -37,6 +37,8 @@ class FakeStt(stt_pb2_grpc.SttServiceServicer):
         self.ends_at: list[int] = []
         """For each end_utterance received: the audio bytes received before it."""
         self.connected = asyncio.Event()
+        self.streams = 0
+        """Streams opened (config read): ``send`` speaks on the newest."""
         self._live: Channel[stt_pb2.StreamingRecognizeResponse] | None = None
 
     def send(self, response: stt_pb2.StreamingRecognizeResponse) -> None:
@@ -55,6 +57,7 @@ class FakeStt(stt_pb2_grpc.SttServiceServicer):
         self.configs.append(first.config)
         live: Channel[stt_pb2.StreamingRecognizeResponse] = Channel()
         self._live = live
+        self.streams += 1
         self.connected.set()
         # The stream ends when the orchestrator closes its side (the client is done).
         async with producing(live, self._read(request_iterator)) as responses:

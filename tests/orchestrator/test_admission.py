@@ -10,13 +10,15 @@ import time
 import grpc
 import pytest
 
+from client.converse import EventNotSeen
 from parole.orchestrator.v1 import orchestrator_pb2 as pb
 from services.orchestrator.admission import DECLINED, NOTICE, Admission, Busy, Declined
 from services.orchestrator.app import SERVICE
 from services.runtime import healthcheck
 from services.runtime.errors import retry_delay
-from tests.e2e.driver import Session, is_kind
+from tests.e2e.driver import Session, final_transcript, is_kind
 from tests.orchestrator.conftest import Harness
+from tests.orchestrator.fakes import final, speech_event
 
 WAIT = 15.0
 
@@ -251,3 +253,94 @@ async def health(harness: Harness, name: str) -> int:
     """The orchestrator's health for ``name``, once pending updates have run."""
     await asyncio.sleep(0)  # the status is set by a task the saturation change scheduled
     return await healthcheck.status(harness.channel, service=name, deadline=WAIT)
+
+
+async def listening(harness: Harness, streams: int) -> None:
+    """Waits until ``streams`` STT streams were opened: the fake STT speaks on the newest."""
+    async with asyncio.timeout(WAIT):
+        while harness.fakes.stt.streams < streams:
+            harness.fakes.stt.connected.clear()  # no await since the check: none is missed
+            await harness.fakes.stt.connected.wait()
+
+
+async def test_a_final_running_late_on_a_busy_machine_says_one_moment_from_the_end_of_speech(
+    harness: Harness,
+) -> None:
+    """On a full machine the STT's final can come seconds after the end of speech: the notice
+    is timed from the end (SPEECH_ENDED), under the turn id the words then get, said once."""
+    fast_admission(harness, notice_after=0.3, give_up_after=WAIT)
+    busy = await busy_model(harness)
+    s = harness.session()
+    await s.wait_for(is_kind("session_started"), timeout=WAIT)
+    await listening(harness, 2)
+    stt = harness.fakes.stt
+    stt.send(speech_event(True))
+    stt.send(speech_event(False))
+    notice = await s.wait_for(is_kind("wait_notice"), timeout=WAIT)
+    spoken = await s.wait_for(lambda m: is_kind("reply_audio")(m) and m.reply_audio.notice, timeout=WAIT)
+    assert notice.turn_id and spoken.turn_id == notice.turn_id
+    assert not [m for m in s.of("transcript") if m.transcript.is_final], "said before the words were recognised"
+    stt.send(final("What time is it?"))
+    heard = await s.wait_for(final_transcript, timeout=WAIT)
+    assert heard.turn_id == notice.turn_id
+    assert harness.fakes.llm.hold is not None
+    harness.fakes.llm.hold.set()
+    lat = await s.wait_for(is_kind("latency"), timeout=WAIT)
+    at = {m.point: m.seconds for m in lat.latency.marks}
+    assert lat.turn_id == notice.turn_id and 0.3 <= at["wait_notice"] < at["final_transcript"] < at["first_audio"]
+    assert len(s.of("wait_notice")) == 1, "said once, not again when the turn waited for its slot"
+    answer = [m for m in s.of("reply_audio") if m.reply_audio.audio and not m.reply_audio.notice]
+    assert answer and {m.turn_id for m in answer} == {notice.turn_id}
+    sequences = [m.reply_audio.sequence for m in s.of("reply_audio") if m.turn_id == notice.turn_id]
+    assert sequences == sorted(set(sequences)), "one numbering for the notice and the answer"
+    await s.close(timeout=WAIT)
+    await busy.close(timeout=WAIT)
+
+
+async def test_a_notice_said_for_a_cough_ends_its_turn_and_none_is_said_over_resumed_speech(
+    harness: Harness,
+) -> None:
+    fast_admission(harness, notice_after=0.3, give_up_after=WAIT)
+    busy = await busy_model(harness)
+    s = harness.session()
+    await s.wait_for(is_kind("session_started"), timeout=WAIT)
+    await listening(harness, 2)
+    stt = harness.fakes.stt
+    stt.send(speech_event(True))
+    stt.send(speech_event(False))
+    notice = await s.wait_for(is_kind("wait_notice"), timeout=WAIT)
+    stt.send(final(""))  # it was a cough: no words, no answer, and the turn ends
+    lat = await s.wait_for(is_kind("latency"), timeout=WAIT)
+    assert lat.turn_id == notice.turn_id and lat.latency.reply_text == "" and not lat.latency.interrupted
+    assert [m.turn_id for m in s.of("reply_audio") if m.reply_audio.is_last] == [notice.turn_id]
+    # The person pauses and goes on before the budget: nothing is said over their words.
+    stt.send(speech_event(True))
+    stt.send(speech_event(False))
+    stt.send(speech_event(True))
+    ended = time.monotonic()
+    with pytest.raises(EventNotSeen):
+        await s.wait_for(lambda m: is_kind("wait_notice")(m) and m.turn_id != notice.turn_id, timeout=1.0)
+    assert time.monotonic() - ended >= 0.9
+    assert [r.text for r in harness.fakes.llm.requests] == ["Tell me a long story."]
+    assert harness.fakes.llm.hold is not None
+    harness.fakes.llm.hold.set()
+    await s.close(timeout=WAIT)
+    await busy.close(timeout=WAIT)
+
+
+async def test_alone_a_late_final_says_no_notice(harness: Harness) -> None:
+    """Nothing else is answered: the late words are answered as they come (a notice would
+    only push the answer back)."""
+    fast_admission(harness, notice_after=0.3, give_up_after=WAIT)
+    s = harness.session()
+    await s.wait_for(is_kind("session_started"), timeout=WAIT)
+    await listening(harness, 1)
+    stt = harness.fakes.stt
+    stt.send(speech_event(True))
+    stt.send(speech_event(False))
+    with pytest.raises(EventNotSeen):
+        await s.wait_for(is_kind("wait_notice"), timeout=1.0)
+    stt.send(final("What time is it?"))
+    lat = await s.wait_for(is_kind("latency"), timeout=WAIT)
+    assert "wait_notice" not in {m.point for m in lat.latency.marks} and not s.of("wait_notice")
+    await s.close(timeout=WAIT)

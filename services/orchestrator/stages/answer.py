@@ -23,6 +23,7 @@ from services.orchestrator.admission import Admission, Busy, Declined, declined_
 from services.orchestrator.gate import Gatekeeper
 from services.orchestrator.metrics import CONTINUATIONS, SPECULATIVE_TURNS, WAIT_NOTICES
 from services.orchestrator.outbox import Outbox
+from services.orchestrator.stages.early import EarlyNotice
 from services.orchestrator.stages.speak import WARM_TIMEOUT, Speak
 from services.orchestrator.stages.think import Think
 from services.orchestrator.turn import Turn, TurnOutput, TurnQueue
@@ -65,6 +66,8 @@ class Answer:
         self.language = language
         self.ahead: Ahead | None = None
         """The turn answered ahead on a speculative transcript, waiting for its final."""
+        self.early = EarlyNotice(turns=turns, outbox=outbox, gate=gate, admission=admission, say=self._notice)
+        """Says "one moment" from the end of speech when the final runs late on a full machine."""
 
     async def run(self) -> None:
         """One turn at a time until the queue ends; then the session's stream ends too."""
@@ -74,9 +77,15 @@ class Answer:
         try:
             async for turn in self.turns.channel:
                 ahead, self.ahead = self.ahead, None
+                noticed = self.early.take(turn)  # it said "one moment" before its words came
                 # An answer ahead that degraded (the LLM refused a guess while busy, or failed)
                 # is not kept: the final gets a real try.
-                if ahead is not None and not ahead.turn.degraded and same_words(ahead.turn.text, turn.text):
+                if (
+                    ahead is not None
+                    and noticed is None
+                    and not ahead.turn.degraded
+                    and same_words(ahead.turn.text, turn.text)
+                ):
                     out = ahead.adopt(turn)
                     turn = out.turn
                     self.current = ahead.task
@@ -84,7 +93,7 @@ class Answer:
                     if ahead is not None:
                         await ahead.abandon()
                     turn.mark("turn_started", time.monotonic())
-                    out = TurnOutput(turn, self.outbox, self.gate)
+                    out = noticed or TurnOutput(turn, self.outbox, self.gate)
                     self.current = asyncio.create_task(self.answer(turn, out), name=f"turn-{turn.turn_id}")
                 self.current_turn, self.current_out = turn, out
                 # wait() (unlike await) does not raise the turn's own cancellation (a barge-in),
@@ -102,6 +111,7 @@ class Answer:
                 await self.think.remember(turn)
                 self.current, self.current_turn, self.current_out = None, None, None
         finally:
+            self.early.close()
             # The session ended mid-turn (the client left, a stage failed): the turn goes too.
             for task in (warm, self.current, self.ahead.task if self.ahead else None):
                 if task is not None and not task.done():

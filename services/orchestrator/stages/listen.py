@@ -25,7 +25,8 @@ from parole.stt.v1 import stt_pb2, stt_pb2_grpc
 from services.orchestrator.gate import AudioClock
 from services.orchestrator.guard import status_of
 from services.orchestrator.outbox import Outbox
-from services.orchestrator.turn import TurnQueue
+from services.orchestrator.stages.early import EarlyNotice
+from services.orchestrator.turn import Turn, TurnQueue
 from services.runtime.errors import FailedPrecondition
 from services.runtime.streams import Channel, ChannelFull, pump
 
@@ -62,6 +63,8 @@ class _Heard:
     start: float
     final_at: float
     ended_at: float | None
+    reserved: Turn | None = None
+    """The turn that already said "one moment" for these words (``EarlyNotice``)."""
 
 
 class Listen:
@@ -78,6 +81,7 @@ class Listen:
         interim_results: bool,
         ahead: Ahead | None = None,
         continuation: Continuation | None = None,
+        early: EarlyNotice | None = None,
         reconnect_max: float,
         log: structlog.stdlib.BoundLogger,
     ) -> None:
@@ -89,6 +93,7 @@ class Listen:
         self.interim_results = interim_results
         self.ahead = ahead
         self.continuation = continuation
+        self.early = early
         self.reconnect_max = reconnect_max
         self.log = log
         # Audio, and the client's end-of-utterance marks in their place among it.
@@ -150,6 +155,8 @@ class Listen:
             self.continuation.release()
         if self.pending is not None:
             self._submit(self.pending)
+        if self.early is not None:
+            self.early.forget()
 
     async def _listen(self) -> None:
         while True:
@@ -209,6 +216,8 @@ class Listen:
         """One message of the STT stream: speech started or ended, or a transcript."""
         if resp.speech_event == stt_pb2.SPEECH_EVENT_TYPE_SPEECH_STARTED:
             self.started_after = self.ends
+            if self.early is not None:
+                self.early.resumed()
             self.outbox.emit(speech=pb.SpeechActivity(started=True))
             # Right after a turn whose answer is not heard yet, it may be the same sentence
             # going on: the answer is held rather than cut (nothing was played to cut).
@@ -217,7 +226,11 @@ class Listen:
                 self.barge_in()
         elif resp.speech_event == stt_pb2.SPEECH_EVENT_TYPE_SPEECH_ENDED:
             self.ends += 1
-            self.ended_at.append(time.monotonic())
+            now = time.monotonic()
+            self.ended_at.append(now)
+            if self.early is not None:
+                spoke_until = self.clock.wall_at(resp.voice_end_seconds) if resp.voice_end_seconds else None
+                self.early.expect(self.ends, min(spoke_until or now, now))
             self.outbox.emit(speech=pb.SpeechActivity(started=False))
         elif resp.speech_event == stt_pb2.SPEECH_EVENT_TYPE_SPEECH_RESUMED:
             if self.ahead is not None:
@@ -242,16 +255,21 @@ class Listen:
                 return
             turn_id, text = "", r.transcript
             self.finals += r.is_final
+            reserved = self.early.claim(self.finals) if r.is_final and self.early is not None else None
             if r.is_final and re.search(r"\w", r.transcript):  # a final with words starts a turn (not ". . .")
                 # The words after a pause that continue a held turn, or a final kept back: one
                 # turn with all of them.
                 before = self.continuation.merge() if self.continuation is not None else None
                 if before or self.pending:
                     text = self._joined(r.transcript, before)
+                if self.pending is not None and self.pending.reserved is not None:
+                    reserved, unused = self.pending.reserved, reserved  # the first notice stands
+                    if unused is not None and self.early is not None:
+                        self.early.unused(unused)
                 self.pending = None
                 now = time.monotonic()
                 spoke_until = self.clock.wall_at(r.end_seconds) or now
-                heard = _Heard(text.strip(), min(spoke_until, now), now, ended_at)
+                heard = _Heard(text.strip(), min(spoke_until, now), now, ended_at, reserved)
                 if self.continuation is not None and self.started_after >= self.finals:
                     # The speaker went on before this final came (its decode took longer than
                     # their pause): it waits for what they say next rather than be answered alone.
@@ -259,6 +277,8 @@ class Listen:
                 else:
                     turn_id = self._submit(heard)
             elif r.is_final:
+                if reserved is not None and self.early is not None:
+                    self.early.unused(reserved)  # it said "one moment" for a cough
                 self._release()  # the speech that resumed was not words
             self.outbox.emit(
                 turn_id,
@@ -273,7 +293,12 @@ class Listen:
     def _submit(self, heard: _Heard) -> str:
         self.pending = None
         turn = self.turns.submit(
-            heard.text, start=heard.start, final_at=heard.final_at, end_of_turn_at=heard.ended_at, spoken=True
+            heard.text,
+            start=heard.start,
+            final_at=heard.final_at,
+            end_of_turn_at=heard.ended_at,
+            spoken=True,
+            reserved=heard.reserved,
         )
         return turn.turn_id
 

@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from services.gateway.errors import ApiError, bad_request, from_grpc
+from services.gateway.jsonbody import NotAnObject, NotJson, parse_object
 from services.runtime.logging import get_logger
 
 if TYPE_CHECKING:
@@ -50,12 +51,11 @@ async def read_body(request: Request, limit: int) -> bytes:
 async def json_object(request: Request, limit: int) -> dict[str, Any]:
     body = await read_body(request, limit)
     try:
-        value = json.loads(body)
-    except (ValueError, RecursionError) as exc:
+        return parse_object(body)
+    except NotJson as exc:
         raise bad_request(f"the body is not valid JSON: {exc}", code="invalid_json") from exc
-    if not isinstance(value, dict):
-        raise bad_request("the body must be a JSON object", code="invalid_json")
-    return value
+    except NotAnObject as exc:
+        raise bad_request("the body must be a JSON object", code="invalid_json") from exc
 
 
 def _str(body: dict[str, Any] | FormData, name: str, default: str | None = None, *, required: bool = False) -> str:

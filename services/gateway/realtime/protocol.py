@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import uuid
 from typing import Any
 
 from parole.orchestrator.v1 import orchestrator_pb2 as pb
 from services.gateway.errors import bad_request
+from services.gateway.jsonbody import NotAnObject, NotJson, parse_object
 from services.gateway.metrics import REALTIME_EVENTS
 
 RATE = 24000
@@ -60,12 +60,11 @@ def _id(prefix: str) -> str:
 def parse_event(text: str) -> dict[str, Any]:
     """A client event's text as a JSON object, or a 400."""
     try:
-        event = json.loads(text)
-    except (ValueError, RecursionError) as exc:
+        return parse_object(text)
+    except NotJson as exc:
         raise bad_request(f"the event is not valid JSON: {exc}", code="invalid_json") from exc
-    if not isinstance(event, dict):
-        raise bad_request("an event must be a JSON object", code="invalid_event")
-    return event
+    except NotAnObject as exc:
+        raise bad_request("an event must be a JSON object", code="invalid_event") from exc
 
 
 def event_type(event: dict[str, Any]) -> str:

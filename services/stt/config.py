@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.runtime.config import ServerSettings, ServiceSettings
+from services.stt.validation import EOS_SILENCE
 
 ENGINE_NAME = re.compile(r"^[a-z0-9][a-z0-9_.\-]{0,63}$")
 
@@ -129,10 +130,11 @@ class StreamingSettings(BaseModel):
 
     model_config = {"extra": "forbid"}
 
-    end_of_speech_silence_ms: int = Field(default=300, ge=64, le=5000)
+    end_of_speech_silence_ms: int = Field(default=300, ge=EOS_SILENCE.low, le=EOS_SILENCE.high)
     """Silence that ends an utterance when the client does not set one, under silence-only
     endpointing. Under semantic endpointing the model decides instead, and this is the rule
-    for a pause it could not judge (model missing, failed or late)."""
+    for a pause it could not judge (model missing, failed or late). Held to the range a
+    client may ask for (``validation.EOS_SILENCE``)."""
     turn: TurnSettings = TurnSettings()
     speculative_pause_ms: int = Field(default=160, ge=32, le=2000)
     """At this much silence the final decode starts speculatively; the same audio is the final's

@@ -1,5 +1,5 @@
-"""gRPC face of the STT service: validates requests, converts audio, maps domain results to
-protobuf. The work itself happens in ``streaming`` and ``recognizer``."""
+"""gRPC face of the STT service: converts audio, maps domain results to protobuf. Requests
+are checked by ``validation``; the work itself happens in ``streaming`` and ``recognizer``."""
 
 from __future__ import annotations
 
@@ -9,18 +9,16 @@ import grpc
 import numpy as np
 import soxr
 
-from parole.audio.v1 import audio_pb2
 from parole.stt.v1 import stt_pb2, stt_pb2_grpc
-from services.runtime.audio import PCM16_WIDTH, SPEECH_RATE, FloatAudio, check_input_rate, read_wav_bytes, resample
+from services.runtime.audio import PCM16_WIDTH, SPEECH_RATE, FloatAudio, resample
 from services.runtime.config_first import after_config, first_config
-from services.runtime.errors import InvalidArgument
+from services.stt import validation
 from services.stt.config import SttSettings
 from services.stt.endpointing import VadModel
 from services.stt.engine import DecodeOptions, Transcript
 from services.stt.events import (
     END_UTTERANCE,
     EndOfTurn,
-    EndpointingMode,
     EndUtterance,
     SessionEvent,
     SpeechEvent,
@@ -30,13 +28,6 @@ from services.stt.recognizer import AUDIO_SECONDS, Recognizer
 from services.stt.streaming import StreamSession
 from services.stt.turn import TurnDetector
 
-MAX_PROMPT_CHARS = 2000
-MAX_CHANNELS = 8
-ENDPOINTING: dict[int, EndpointingMode | None] = {
-    stt_pb2.ENDPOINTING_MODE_UNSPECIFIED: None,
-    stt_pb2.ENDPOINTING_MODE_SEMANTIC: "semantic",
-    stt_pb2.ENDPOINTING_MODE_SILENCE: "silence",
-}
 END_MODE = {"semantic": stt_pb2.ENDPOINTING_MODE_SEMANTIC, "silence": stt_pb2.ENDPOINTING_MODE_SILENCE}
 END_REASON = {
     "complete": stt_pb2.END_OF_TURN_REASON_COMPLETE,
@@ -58,13 +49,7 @@ class AudioConverter:
         self._stream = soxr.ResampleStream(rate, SPEECH_RATE, 1, dtype="float32") if rate != SPEECH_RATE else None
 
     def convert(self, data: bytes) -> FloatAudio:
-        frame = PCM16_WIDTH * self.channels
-        if len(data) % frame:
-            raise InvalidArgument(
-                f"audio chunk of {len(data)} bytes does not hold whole samples ({frame} bytes per frame "
-                f"for 16-bit PCM with {self.channels} channel(s))",
-                fields={"audio": "partial sample"},
-            )
+        validation.check_whole_frames(data, self.channels)
         audio = np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
         if self.channels > 1:
             audio = audio.reshape(-1, self.channels).mean(axis=1, dtype=np.float32)
@@ -95,38 +80,10 @@ class SttServicer(stt_pb2_grpc.SttServiceServicer):
         self.languages = languages
         self.turn = turn
 
-    # ------------------------------------------------------------------ validation
-    def _language(self, config: stt_pb2.RecognitionConfig) -> str | None:
-        lang = config.language.strip().lower()
-        if not lang:
-            return None
-        if lang not in self.languages:
-            raise InvalidArgument(
-                f"language {config.language!r} is not one Whisper knows; use an ISO 639-1 code such as "
-                "'en' or 'fr', or leave it empty to detect it",
-                fields={"config.language": "unknown language"},
-            )
-        return lang
-
-    def _common(self, config: stt_pb2.RecognitionConfig) -> tuple[str | None, str | None]:
-        if len(config.initial_prompt) > MAX_PROMPT_CHARS:
-            raise InvalidArgument(
-                f"initial_prompt is {len(config.initial_prompt)} characters; the limit is {MAX_PROMPT_CHARS}",
-                fields={"config.initial_prompt": "too long"},
-            )
-        if config.model_hint:
-            self.recognizer.chain(config.model_hint, None)  # raises for an unknown engine
-        return self._language(config), config.initial_prompt or None
-
-    @staticmethod
-    def _channels(fmt: audio_pb2.AudioFormat) -> int:
-        channels = fmt.channels or 1
-        if channels > MAX_CHANNELS:
-            raise InvalidArgument(
-                f"{channels} channels is not supported (at most {MAX_CHANNELS}; mono is best)",
-                fields={"config.audio_format.channels": "too many channels"},
-            )
-        return channels
+    def _model_hint(self, hint: str) -> None:
+        """An unknown engine is refused by the recognizer, which knows the chain."""
+        if hint:
+            self.recognizer.chain(hint, None)
 
     # ------------------------------------------------------------------ streaming
     async def StreamingRecognize(
@@ -138,39 +95,20 @@ class SttServicer(stt_pb2_grpc.SttServiceServicer):
         if first is None:
             return  # the client closed without sending anything: nothing to recognize
         config = first.config
-        fmt = config.audio_format
-        if fmt.encoding == audio_pb2.AUDIO_ENCODING_WAV:
-            raise InvalidArgument(
-                "WAV is only accepted by unary Recognize; stream raw PCM_S16LE chunks",
-                fields={"config.audio_format.encoding": "WAV in a stream"},
-            )
-        rate = check_input_rate(fmt.sample_rate_hz, "config.audio_format.sample_rate_hz")
-        channels = self._channels(fmt)
-        language, prompt = self._common(config)
-        eos = config.end_of_speech_silence_ms
-        if eos and not 64 <= eos <= 5000:
-            raise InvalidArgument(
-                f"end_of_speech_silence_ms must be between 64 and 5000 (or 0 for the default); got {eos}",
-                fields={"config.end_of_speech_silence_ms": "out of range"},
-            )
-        if config.endpointing not in ENDPOINTING:
-            raise InvalidArgument(
-                f"endpointing {config.endpointing} is not an EndpointingMode; use ENDPOINTING_MODE_SEMANTIC, "
-                "ENDPOINTING_MODE_SILENCE or leave it unspecified for the server's default",
-                fields={"config.endpointing": "unknown value"},
-            )
+        checked = validation.check_stream_config(config, self.languages)
+        self._model_hint(config.model_hint)
         stream_config = StreamConfig(
-            language=language,
+            language=checked.common.language,
             interim_results=config.interim_results,
             word_timestamps=config.word_timestamps,
-            initial_prompt=prompt,
+            initial_prompt=checked.common.prompt,
             model_hint=config.model_hint,
             single_utterance=config.single_utterance,
-            end_of_speech_silence_ms=eos,
-            endpointing=ENDPOINTING[config.endpointing],
+            end_of_speech_silence_ms=checked.end_of_speech_silence_ms,
+            endpointing=checked.endpointing,
             speculative_results=config.speculative_results,
         )
-        converter = AudioConverter(rate, channels)
+        converter = AudioConverter(checked.rate, checked.channels)
         session = StreamSession(self.recognizer, self.vad_factory(), self.settings.streaming, stream_config, self.turn)
         async for event in session.run(self._audio(request_iterator, converter)):
             yield _stream_response(event)
@@ -201,39 +139,18 @@ class SttServicer(stt_pb2_grpc.SttServiceServicer):
         context: grpc.aio.ServicerContext[stt_pb2.RecognizeRequest, stt_pb2.RecognizeResponse],
     ) -> stt_pb2.RecognizeResponse:
         config = request.config
-        fmt = config.audio_format
-        if not request.audio:
-            raise InvalidArgument("audio is empty", fields={"audio": "empty"})
-        if fmt.encoding == audio_pb2.AUDIO_ENCODING_WAV:
-            pcm = read_wav_bytes(request.audio)
-            rate = check_input_rate(pcm.sample_rate, "audio (WAV header sample rate)")
-            data, channels = pcm.data, 1
-        else:
-            rate = check_input_rate(fmt.sample_rate_hz, "config.audio_format.sample_rate_hz")
-            data, channels = request.audio, self._channels(fmt)
-        language, prompt = self._common(config)
-        frame = PCM16_WIDTH * channels
-        if len(data) % frame:
-            raise InvalidArgument(
-                f"audio of {len(data)} bytes does not hold whole samples ({frame} bytes per frame)",
-                fields={"audio": "partial sample"},
-            )
-        duration = len(data) / frame / rate
-        if duration > self.settings.max_audio_seconds:
-            raise InvalidArgument(
-                f"audio lasts {duration:.1f} s; the limit is {self.settings.max_audio_seconds:g} s "
-                "(split it, or stream it with StreamingRecognize)",
-                fields={"audio": "too long"},
-            )
+        checked = validation.check_recognize(request, self.languages, self.settings.max_audio_seconds)
+        self._model_hint(config.model_hint)
+        duration, channels = checked.duration, checked.channels
         AUDIO_SECONDS.labels("unary").inc(duration)
-        audio = np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
+        audio = np.frombuffer(checked.data, dtype="<i2").astype(np.float32) / 32768.0
         if channels > 1:
             audio = audio.reshape(-1, channels).mean(axis=1, dtype=np.float32)
-        audio = resample(audio, rate, SPEECH_RATE)
+        audio = resample(audio, checked.rate, SPEECH_RATE)
         options = DecodeOptions(
-            language=language,
+            language=checked.common.language,
             word_timestamps=config.word_timestamps,
-            initial_prompt=prompt,
+            initial_prompt=checked.common.prompt,
             kind="unary",
             # A file may hold long silences: Silero drops them (and silence-only audio gives
             # an empty transcript instead of Whisper's hallucinated "Thank you.").
@@ -317,10 +234,7 @@ def _stream_response(event: SessionEvent) -> stt_pb2.StreamingRecognizeResponse:
     if isinstance(event, SpeechEvent):
         kind = SPEECH_EVENTS[event.kind]
         return stt_pb2.StreamingRecognizeResponse(
-            speech_event=kind,
-            event_seconds=event.at_seconds,
-            audio_processed_seconds=event.processed_seconds,
-            voice_end_seconds=event.voice_end_seconds,
+            speech_event=kind, event_seconds=event.at_seconds, audio_processed_seconds=event.processed_seconds
         )
     return stt_pb2.StreamingRecognizeResponse(
         result=_result(

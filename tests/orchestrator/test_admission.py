@@ -263,19 +263,25 @@ async def listening(harness: Harness, streams: int) -> None:
             await harness.fakes.stt.connected.wait()
 
 
-async def test_a_final_running_late_on_a_busy_machine_says_one_moment_from_the_end_of_speech(
-    harness: Harness,
-) -> None:
-    """On a full machine the STT's final can come seconds after the end of speech: the notice
-    is timed from the end (SPEECH_ENDED), under the turn id the words then get, said once."""
+async def ended_beside_a_busy_model(harness: Harness) -> tuple[Session, Session]:
+    """Another conversation holds the model; this one's speech just ended (0.3 s notice budget)."""
     fast_admission(harness, notice_after=0.3, give_up_after=WAIT)
     busy = await busy_model(harness)
     s = harness.session()
     await s.wait_for(is_kind("session_started"), timeout=WAIT)
     await listening(harness, 2)
+    harness.fakes.stt.send(speech_event(True))
+    harness.fakes.stt.send(speech_event(False))
+    return busy, s
+
+
+async def test_a_final_running_late_on_a_busy_machine_says_one_moment_from_the_end_of_speech(
+    harness: Harness,
+) -> None:
+    """On a full machine the STT's final can come seconds after the end of speech: the notice
+    is timed from the end (SPEECH_ENDED), under the turn id the words then get, said once."""
+    busy, s = await ended_beside_a_busy_model(harness)
     stt = harness.fakes.stt
-    stt.send(speech_event(True))
-    stt.send(speech_event(False))
     notice = await s.wait_for(is_kind("wait_notice"), timeout=WAIT)
     spoken = await s.wait_for(lambda m: is_kind("reply_audio")(m) and m.reply_audio.notice, timeout=WAIT)
     assert notice.turn_id and spoken.turn_id == notice.turn_id
@@ -300,14 +306,8 @@ async def test_a_final_running_late_on_a_busy_machine_says_one_moment_from_the_e
 async def test_a_notice_said_for_a_cough_ends_its_turn_and_none_is_said_over_resumed_speech(
     harness: Harness,
 ) -> None:
-    fast_admission(harness, notice_after=0.3, give_up_after=WAIT)
-    busy = await busy_model(harness)
-    s = harness.session()
-    await s.wait_for(is_kind("session_started"), timeout=WAIT)
-    await listening(harness, 2)
+    busy, s = await ended_beside_a_busy_model(harness)
     stt = harness.fakes.stt
-    stt.send(speech_event(True))
-    stt.send(speech_event(False))
     notice = await s.wait_for(is_kind("wait_notice"), timeout=WAIT)
     stt.send(final(""))  # it was a cough: no words, no answer, and the turn ends
     lat = await s.wait_for(is_kind("latency"), timeout=WAIT)

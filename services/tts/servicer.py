@@ -1,5 +1,6 @@
-"""gRPC face of the TTS service: validates requests, maps domain results to protobuf. The
-work itself happens in ``synthesizer`` and, for incremental text, ``streaming``."""
+"""gRPC face of the TTS service: maps requests and domain results to and from protobuf.
+Requests are checked by ``validation`` (called by the synthesizer); the work itself happens
+in ``synthesizer`` and, for incremental text, ``streaming``."""
 
 from __future__ import annotations
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 
-from services.runtime.errors import InvalidArgument
 from services.runtime.streams import Channel, producing
+from services.tts import validation
 from services.tts.synthesizer import TIME_TO_FIRST_AUDIO, AudioClock, Plan, Spoken, Synthesizer
 from services.tts.text import IncrementalSplitter
 
@@ -51,11 +51,7 @@ class StreamSynthesis:
                         TIME_TO_FIRST_AUDIO.labels("StreamingSynthesize").observe(time.perf_counter() - ready_at)
                     yield speech
                     spoken += 1
-        if spoken == 0:
-            raise InvalidArgument(
-                "nothing to speak: no text, or only text with no speakable words, was sent after the config",
-                fields={"text": "no speakable words"},
-            )
+        validation.check_stream_spoke(spoken)
 
     async def _cut(self, texts: AsyncIterator[str | Flush], pieces: Channel[tuple[str, float]]) -> None:
         """The producer: cuts the text into pieces as it arrives, each with when it was ready."""
@@ -65,11 +61,7 @@ class StreamSynthesis:
                 self._send(self.splitter.flush(), pieces)
                 continue
             total += len(text)
-            if total > self.synth.max_text_chars:
-                raise InvalidArgument(
-                    f"the streamed text passed {self.synth.max_text_chars} characters, the limit per stream",
-                    fields={"text": "stream too long"},
-                )
+            validation.check_streamed_total(total, self.synth.max_text_chars)
             for piece in self.splitter.feed(text):
                 pieces.send_nowait((piece, time.perf_counter()))
         self._send(self.splitter.flush(), pieces)

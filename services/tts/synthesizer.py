@@ -1,5 +1,5 @@
-"""The synthesis pipeline: check a request, normalise and cut its text, speak each piece
-through the voice chain (cache, breaker, fallback), resample, measure.
+"""The synthesis pipeline: check a request (``validation``), normalise and cut its text,
+speak each piece through the voice chain (cache, breaker, fallback), resample, measure.
 
 Engines block, so every call runs in this service's own thread pool: the event loop keeps
 serving other calls, and the pool size bounds how many syntheses share the CPU.
@@ -17,19 +17,18 @@ from dataclasses import dataclass
 from prometheus_client import Counter, Histogram
 
 from services.runtime.audio import resample_pcm16
-from services.runtime.errors import InvalidArgument, Unavailable
+from services.runtime.errors import Unavailable
 from services.runtime.logging import get_logger
 from services.runtime.priority import PriorityGate
 from services.runtime.resilience import CLIENT_FAULTS, BreakerOpen, Breakers, ByteBudgetCache, digest
 from services.tts import text as textmod
+from services.tts import validation
 from services.tts.engines import Audio, SynthOptions
 from services.tts.voices import Voice, VoiceRegistry
 
 log = get_logger(__name__)
 
 SERVICE = "tts"
-MIN_SPEED, MAX_SPEED = 0.25, 4.0
-MIN_RATE, MAX_RATE = 8000, 96000
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1, 1.5, 2.5, 5, 10, 30)
 TIME_TO_FIRST_AUDIO = Histogram(
@@ -73,18 +72,6 @@ class Spoken:
     cached: bool
     seconds: float
     """Time to produce it (engine or cache)."""
-
-
-def check_text(text: str, max_chars: int, field: str = "text") -> None:
-    """INVALID_ARGUMENT for empty, blank or oversized text."""
-    if not text.strip():
-        raise InvalidArgument("text is empty or blank: send the words to speak", fields={field: "empty"})
-    if len(text) > max_chars:
-        raise InvalidArgument(
-            f"text has {len(text)} characters, more than the {max_chars} allowed per request; "
-            "split it, or stream it with StreamingSynthesize",
-            fields={field: f"over {max_chars} characters"},
-        )
 
 
 def join(spoken: list[Spoken]) -> Spoken:
@@ -144,28 +131,13 @@ class Synthesizer:
 
     # ------------------------------------------------------------------ requests
     def plan(self, voice: str, language: str, speed: float, speaker_id: int | None, sample_rate: int) -> Plan:
-        """Validates the options and resolves the voice chain (NOT_FOUND, INVALID_ARGUMENT)."""
-        speed = speed or 1.0
-        if not MIN_SPEED <= speed <= MAX_SPEED:
-            raise InvalidArgument(
-                f"speed {speed:g} is outside {MIN_SPEED:g}..{MAX_SPEED:g} (1.0 is normal)",
-                fields={"config.speed": "out of range"},
-            )
-        if sample_rate and not MIN_RATE <= sample_rate <= MAX_RATE:
-            raise InvalidArgument(
-                f"sample_rate_hz {sample_rate} is outside {MIN_RATE}..{MAX_RATE} (0: the voice's rate)",
-                fields={"config.sample_rate_hz": "out of range"},
-            )
+        """Checks the options (``validation``) and resolves the voice chain (NOT_FOUND)."""
+        speed = validation.check_options(speed, sample_rate)
         # "fr-FR" or "fr_FR" mean French: the chains are per ISO 639-1 language
         language = language.lower().replace("_", "-").split("-")[0]
         chain = self.registry.chain_for(voice, language)
         first = chain[0].spec
-        if speaker_id is not None and speaker_id >= first.num_speakers:
-            raise InvalidArgument(
-                f"speaker_id {speaker_id} does not exist: voice {first.name} has {first.num_speakers} speaker(s), "
-                f"ids 0..{first.num_speakers - 1}",
-                fields={"config.speaker_id": "out of range"},
-            )
+        validation.check_speaker(speaker_id, first.name, first.num_speakers)
         return Plan(chain, language or first.language, SynthOptions(speed, speaker_id), sample_rate)
 
     def prepare(self, text: str, plan: Plan, *, first: bool = True) -> list[str]:
@@ -175,12 +147,10 @@ class Synthesizer:
 
     def prepare_all(self, text: str, plan: Plan) -> list[str]:
         """Like ``prepare`` for a whole request: INVALID_ARGUMENT when nothing is speakable."""
-        check_text(text, self.max_text_chars)
+        validation.check_text(text, self.max_text_chars)
         cleaned = textmod.normalize(text, plan.language)
         pieces = textmod.segments(cleaned.text, plan.language, self.policy)
-        if not pieces:
-            raise InvalidArgument(f"nothing to speak: {cleaned.why_empty()}", fields={"text": "no speakable words"})
-        return pieces
+        return validation.check_speakable(pieces, cleaned.why_empty())
 
     # ------------------------------------------------------------------ speaking
     async def speak(self, piece: str, plan: Plan, due: float | None = None) -> Spoken:

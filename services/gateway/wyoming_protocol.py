@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from typing import TYPE_CHECKING
 
 import grpc
@@ -18,6 +17,7 @@ from wyoming.info import Attribution
 from wyoming.server import AsyncEventHandler
 
 from services.gateway.errors import ApiError, from_grpc
+from services.gateway.jsonbody import NotAnObject, NotJson, parse_object
 from services.gateway.metrics import WYOMING_CONNECTIONS, WYOMING_REQUESTS
 from services.runtime.logging import get_logger
 
@@ -46,10 +46,12 @@ async def read_event(reader: asyncio.StreamReader, limit: int) -> Event | None:
     if not line:
         return None
     try:
-        header = json.loads(line)
-    except ValueError as exc:
+        header = parse_object(line)
+    except NotJson as exc:
         raise ProtocolError(f"event header is not JSON: {exc}") from exc
-    if not isinstance(header, dict) or not isinstance(header.get("type"), str):
+    except NotAnObject as exc:
+        raise ProtocolError("event header must be a JSON object with a 'type'") from exc
+    if not isinstance(header.get("type"), str):
         raise ProtocolError("event header must be a JSON object with a 'type'")
     data = header.get("data") or {}
     if not isinstance(data, dict):
@@ -62,15 +64,14 @@ async def read_event(reader: asyncio.StreamReader, limit: int) -> Event | None:
         lengths.append(n)
     try:
         if lengths[0]:
-            extra = json.loads(await reader.readexactly(lengths[0]))
-            if not isinstance(extra, dict):
-                raise ProtocolError("event data must be a JSON object")
-            data.update(extra)
+            data.update(parse_object(await reader.readexactly(lengths[0])))
         payload = await reader.readexactly(lengths[1]) if lengths[1] else None
     except asyncio.IncompleteReadError:
         return None  # the client went away mid-event
-    except ValueError as exc:
+    except NotJson as exc:
         raise ProtocolError(f"event data is not JSON: {exc}") from exc
+    except NotAnObject as exc:
+        raise ProtocolError("event data must be a JSON object") from exc
     return Event(type=header["type"], data=data, payload=payload)
 
 

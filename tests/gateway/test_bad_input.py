@@ -251,6 +251,9 @@ async def test_wyoming_malformed_events_close_that_connection_with_an_error(gw: 
             b"this is not json\n",
             b'{"no": "type"}\n',
             b'{"type": "audio-chunk", "payload_length": 999999999999}\n',
+            b"[" * 50_000 + b"\n",  # nested past the JSON decoder's depth
+            b'["describe"]\n',
+            b'{"type": "describe", "data_length": 2}\n[]',
         ):
             events = await raw_wyoming(port, data)
             assert [e.type for e in events] == ["error"] and events[0].data["code"] == "protocol_error", events

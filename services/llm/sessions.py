@@ -9,7 +9,6 @@ silent, never an error. The system prompt is not part of the window: it always s
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,9 +16,10 @@ from dataclasses import dataclass, field
 from cachetools import TTLCache
 
 from services.llm.backends.base import ChatMessage
-from services.runtime.errors import InvalidArgument, NotFound
+from services.llm.validation import SESSION_ID, check_session_id
+from services.runtime.errors import NotFound
 
-SESSION_ID = re.compile(r"[A-Za-z0-9_.\-]{1,128}")  # used with fullmatch: "$" would accept a trailing newline
+__all__ = ["SESSION_ID", "Exchange", "Session", "SessionStore", "check_session_id", "rough_tokens", "trim"]
 
 TokenCounter = Callable[[str], int]
 
@@ -27,16 +27,6 @@ TokenCounter = Callable[[str], int]
 def rough_tokens(text: str) -> int:
     """About three characters per token: errs on the side of more tokens (French, digits)."""
     return max(1, len(text) // 3)
-
-
-def check_session_id(session_id: str, field_name: str = "session_id") -> str:
-    """The id, or INVALID_ARGUMENT saying what an id may contain."""
-    if not SESSION_ID.fullmatch(session_id):
-        raise InvalidArgument(
-            "session_id must be 1 to 128 letters, digits, '-', '_' or '.'",
-            fields={field_name: "letters, digits, '-', '_' or '.', 1 to 128 characters"},
-        )
-    return session_id
 
 
 @dataclass

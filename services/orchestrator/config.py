@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 from pydantic_settings import SettingsConfigDict
 
+from services.orchestrator.validation import EOS_SILENCE, FEEDBACK_TAIL
 from services.runtime.channel import ChannelSettings
 from services.runtime.config import ServerSettings, ServiceSettings
 
@@ -18,7 +19,7 @@ class ConversationDefaults(BaseModel):
     """The assistant speaks French first, as the original did."""
     voices: dict[str, str] = {}
     """Voice per language (e.g. {"fr": "fr_FR-siwis-medium"}); missing: the TTS service's default chain."""
-    feedback_tail_ms: int = Field(default=300, ge=0, le=10_000)
+    feedback_tail_ms: int = Field(default=300, ge=FEEDBACK_TAIL.low, le=FEEDBACK_TAIL.high)
     """Microphone stays gated this long after playback ends. The original paused a fixed 3 s
     after every answer; here the gate follows the real playback (client reports, or the audio's
     duration) so only the room's echo needs covering: living-room reverberation times are
@@ -29,8 +30,8 @@ class ConversationDefaults(BaseModel):
     plus this (client-side buffering)."""
     barge_in: bool = False
     """Default for sessions that do not say."""
-    end_of_speech_silence_ms: int = Field(default=300, ge=100, le=5000)
-    """Silence that ends the user's turn."""
+    end_of_speech_silence_ms: int = Field(default=300, ge=EOS_SILENCE.low, le=EOS_SILENCE.high)
+    """Silence that ends the user's turn, passed to the STT: held to the range it applies."""
 
 
 class OrchestratorSettings(ServiceSettings):

@@ -23,17 +23,6 @@ OUTAGE_CODES = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
 )
 
-CANNED = {
-    "fr": "Désolé, le modèle de langage est indisponible pour le moment. Vous avez dit : {text}",
-    "en": "Sorry, the language model is unavailable right now. You said: {text}",
-}
-
-
-def canned_reply(language: str, heard: str) -> str:
-    """What the assistant says when no language model answered: an apology and what it heard,
-    so the user knows they were understood."""
-    return CANNED.get(language, CANNED["en"]).format(text=heard)
-
 
 @dataclass
 class Stubs:

@@ -4,14 +4,11 @@ together and runs them for one Converse stream."""
 from __future__ import annotations
 
 import functools
-import re
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import structlog
 
-from parole.audio.v1 import audio_pb2
 from parole.orchestrator.v1 import orchestrator_pb2 as pb
 from parole.stt.v1 import stt_pb2
 from services.orchestrator.config import OrchestratorSettings
@@ -25,14 +22,13 @@ from services.orchestrator.stages.listen import Listen, recognition_config
 from services.orchestrator.stages.speak import Speak
 from services.orchestrator.stages.think import Think
 from services.orchestrator.turn import TurnQueue
-from services.runtime.audio import check_input_rate
-from services.runtime.errors import FailedPrecondition, InvalidArgument
+from services.orchestrator.validation import check_session_config
+from services.runtime.config_first import after_config, first_config
+from services.runtime.errors import InvalidArgument
 from services.runtime.logging import get_logger
 from services.runtime.streams import producing
 
 log = get_logger(__name__)
-
-SESSION_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
 
 
 @dataclass
@@ -55,52 +51,17 @@ class SessionSettings:
 
     @classmethod
     def from_config(cls, cfg: pb.SessionConfig, settings: OrchestratorSettings) -> SessionSettings:
+        """Checked by ``validation``; what the config leaves empty comes from ``settings.defaults``."""
         d = settings.defaults
-        session_id = cfg.session_id or uuid.uuid4().hex
-        if not SESSION_ID.match(session_id):
-            raise InvalidArgument(
-                "session_id may hold letters, digits, '-', '_' and '.', at most 128 characters",
-                fields={"config.session_id": "invalid characters or length"},
-            )
-        language = (cfg.language or d.language).lower()
-        if not re.fullmatch(r"[a-z]{2}", language):
-            raise InvalidArgument(
-                f"language must be an ISO 639-1 code such as 'fr' or 'en'; got {cfg.language!r}",
-                fields={"config.language": "not a two-letter code"},
-            )
-        if cfg.input_format.encoding not in (audio_pb2.AUDIO_ENCODING_UNSPECIFIED, audio_pb2.AUDIO_ENCODING_PCM_S16LE):
-            raise InvalidArgument(
-                "microphone audio must be PCM S16LE", fields={"config.input_format.encoding": "use PCM_S16LE"}
-            )
-        if cfg.input_format.channels > 1:
-            raise InvalidArgument("microphone audio must be mono", fields={"config.input_format.channels": "use 1"})
-        if cfg.output_sample_rate_hz and not 8000 <= cfg.output_sample_rate_hz <= 48000:
-            raise InvalidArgument(
-                "output_sample_rate_hz must be between 8000 and 48000 (0: the voice's own rate)",
-                fields={"config.output_sample_rate_hz": "out of range"},
-            )
-        if cfg.end_of_speech_silence_ms and not 100 <= cfg.end_of_speech_silence_ms <= 5000:
-            raise InvalidArgument(
-                "end_of_speech_silence_ms must be between 100 and 5000",
-                fields={"config.end_of_speech_silence_ms": "out of range"},
-            )
-        if cfg.endpointing not in stt_pb2.EndpointingMode.values():
-            raise InvalidArgument(
-                f"endpointing {cfg.endpointing} is not an EndpointingMode; use ENDPOINTING_MODE_SEMANTIC, "
-                "ENDPOINTING_MODE_SILENCE or leave it unspecified",
-                fields={"config.endpointing": "unknown value"},
-            )
-        tail_ms = cfg.feedback_tail_ms if cfg.HasField("feedback_tail_ms") else d.feedback_tail_ms
-        if tail_ms > 10_000:
-            raise InvalidArgument(
-                "feedback_tail_ms must be at most 10000", fields={"config.feedback_tail_ms": "too long"}
-            )
+        checked = check_session_config(cfg, d.language)
+        language = checked.language
+        tail_ms = d.feedback_tail_ms if checked.feedback_tail_ms is None else checked.feedback_tail_ms
         return cls(
-            session_id=session_id,
+            session_id=checked.session_id,
             language=language,
             voice=cfg.voice or d.voices.get(language, ""),
             persona=cfg.persona,
-            input_rate=check_input_rate(cfg.input_format.sample_rate_hz, "config.input_format.sample_rate_hz"),
+            input_rate=checked.input_rate,
             output_rate=cfg.output_sample_rate_hz,
             barge_in=cfg.barge_in or d.barge_in,
             feedback_tail=tail_ms / 1000,
@@ -226,14 +187,15 @@ async def converse(
     settings: OrchestratorSettings,
     requests: AsyncIterator[pb.ConverseRequest],
 ) -> AsyncIterator[pb.ConverseResponse]:
-    """The Converse RPC: validates the config message, then runs the conversation."""
-    try:
-        first = await anext(aiter(requests))
-    except StopAsyncIteration:
-        raise InvalidArgument("empty stream: send a SessionConfig first") from None
-    if first.WhichOneof("request") != "config":
-        raise FailedPrecondition("the first message must be the session config (SessionConfig), before any audio")
+    """The Converse RPC: checks the config message, then runs the conversation over the
+    messages after it (a second config is refused, FAILED_PRECONDITION, like a first
+    message that is not one)."""
+    first = await first_config(requests, "Converse", required=False)
+    if first is None:
+        # Still INVALID_ARGUMENT, as before the shared check: nothing was sent in the wrong
+        # order, there is simply no conversation to hold.
+        raise InvalidArgument("empty stream: send a SessionConfig first")
     session = SessionSettings.from_config(first.config, settings)
     structlog.contextvars.bind_contextvars(session_id=session.session_id)
-    async for msg in Conversation(stubs, settings, session).run(requests):
+    async for msg in Conversation(stubs, settings, session).run(after_config(requests, "Converse")):
         yield msg

@@ -48,7 +48,7 @@ pytestmark = pytest.mark.timeout(180)
 
 SMALL_LLM = "smollm2-135m-instruct-q4_1"
 PERSONA = "Answer in one short sentence."
-CANNED_EN = "Sorry, the language model is unavailable right now."
+CANNED_EN = "Sorry, the language model is unavailable right now."  # in the LLM's canned reply, after what it heard
 # The orchestrator's deadlines in the proxied tests: short, so a blackhole shows within seconds.
 LLM_DEADLINE = 4.0
 TTS_DEADLINE = 4.0
@@ -291,7 +291,7 @@ async def test_llm_killed_mid_conversation_degrades_breaker_opens_then_recovers(
         kill(fleet, "llm")
         failed, skipped = await outage_turns(s, pb.STAGE_LLM, "What is the capital of France?")
         for down in (*failed, skipped):  # every turn of the outage is still answered out loud
-            assert down.latency.reply_text.startswith(CANNED_EN) and "capital of France" in down.latency.reply_text
+            assert CANNED_EN in down.latency.reply_text and "capital of France" in down.latency.reply_text
             assert down.audio_bytes > 0 and list(down.latency.degraded_stages) == [pb.STAGE_LLM]
         assert await orchestrator_breaker(fleet, "llm") == 1.0
         ans, degraded_after, restart, recovery = await recover(fleet, s, "llm")
@@ -321,7 +321,7 @@ async def test_tts_killed_mid_conversation_text_only_breaker_opens_then_recovers
         failed, skipped = await outage_turns(s, pb.STAGE_TTS)
         for down in (*failed, skipped):  # the model's answer, as text
             assert down.audio_bytes == 0 and down.latency.reply_text
-            assert not down.latency.reply_text.startswith(CANNED_EN)
+            assert CANNED_EN not in down.latency.reply_text
         assert await orchestrator_breaker(fleet, "tts") == 1.0
         _, degraded_after, restart, recovery = await recover(fleet, s, "tts")
         await s.close()
@@ -479,7 +479,7 @@ async def test_blackholed_link_the_deadline_fires_and_the_turn_degrades(stage: s
         err = down.errors[0]
         assert (err.stage, err.degraded) == (expected, True) and err.code in ("DEADLINE_EXCEEDED", "UNAVAILABLE"), err
         if stage == "llm":
-            assert down.latency.reply_text.startswith(CANNED_EN) and down.audio_bytes > 0
+            assert CANNED_EN in down.latency.reply_text and down.audio_bytes > 0
         else:
             assert down.audio_bytes == 0 and down.latency.reply_text
         assert down.seconds < min(deadline, sum(KEEPALIVE) + 1) + 5, "bounded in time, not a hang"
@@ -564,10 +564,10 @@ async def test_reset_mid_stream_degrades_as_specified(stage: str, proxied: Proxi
             if stage == "llm":
                 reply = down.latency.reply_text
                 cut = "cut short" in down.errors[0].message
-                assert cut or reply.startswith(CANNED_EN)
+                assert cut or CANNED_EN in reply
                 assert down.audio_bytes > 0, "what was said (or the canned reply) is still spoken"
             else:
-                assert down.latency.reply_text and not down.latency.reply_text.startswith(CANNED_EN)
+                assert down.latency.reply_text and CANNED_EN not in down.latency.reply_text
                 cut = down.audio_bytes > 0
             up_at = time.monotonic()
             while not (await text_turn(s)).clean:

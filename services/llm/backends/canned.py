@@ -1,7 +1,9 @@
 """The last-resort reply: repeats what was heard and says the language model is unavailable.
 
 This is what the original product said when Ollama was unreachable; it keeps the voice loop
-alive (the user hears that they were understood) when every model backend is down.
+alive (the user hears that they were understood) when every model backend is down. It is the
+one wording of that reply: the orchestrator says the same (``canned_reply``) when it cannot
+reach this service at all, so a user hears one apology whichever link failed.
 """
 
 from __future__ import annotations
@@ -20,11 +22,13 @@ TEMPLATES = {
 
 
 def canned_reply(heard: str, language: str) -> str:
-    """The reply in ``language`` (French when unknown), echoing ``heard``."""
+    """The reply in ``language``, echoing ``heard``. English for a language it is not written
+    in: this service only ever asks for "fr" or "en", the orchestrator asks in its session's
+    language, which may be any (and English is the likelier shared one)."""
     heard = " ".join(heard.split())
     if len(heard) > MAX_ECHO_CHARS:
         heard = heard[:MAX_ECHO_CHARS].rsplit(" ", 1)[0] + "…"
-    return TEMPLATES.get(language, TEMPLATES["fr"]).format(heard=heard)
+    return TEMPLATES.get(language, TEMPLATES["en"]).format(heard=heard)
 
 
 class CannedBackend:

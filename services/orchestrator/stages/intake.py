@@ -13,10 +13,8 @@ from services.orchestrator.gate import Gatekeeper
 from services.orchestrator.metrics import GATED_AUDIO
 from services.orchestrator.stages.listen import Listen
 from services.orchestrator.turn import TurnQueue
+from services.orchestrator.validation import check_audio, check_control, check_kind, check_playback, check_text_turn
 from services.runtime.audio import PCM16_WIDTH
-from services.runtime.errors import FailedPrecondition, InvalidArgument
-
-MAX_TEXT_TURN_CHARS = 2000
 
 
 class Intake:
@@ -40,9 +38,10 @@ class Intake:
         self.barge_in = barge_in
 
     async def run(self, requests: AsyncIterator[pb.ConverseRequest]) -> None:
-        """Every message after the config; a bad one ends the session with its status."""
+        """Every message after the config (``after_config`` refuses a second one); a bad one
+        ends the session with its status."""
         async for req in requests:
-            kind = req.WhichOneof("request")
+            kind = check_kind(req)
             if kind == "audio":
                 self.audio(req.audio)
             elif kind == "playback":
@@ -51,17 +50,9 @@ class Intake:
                 self.control(req.control)
             elif kind == "text":
                 self.text(req.text)
-            elif kind == "config":
-                raise FailedPrecondition("the session config may only be sent once, as the first message")
-            else:
-                raise InvalidArgument("empty ConverseRequest: set one of audio, playback, control or text")
 
     def audio(self, data: bytes) -> None:
-        if len(data) % PCM16_WIDTH:
-            raise InvalidArgument(
-                f"microphone audio must hold whole 16-bit samples; got a chunk of {len(data)} bytes",
-                fields={"audio": "odd byte count"},
-            )
+        check_audio(data)
         now = time.monotonic()
         seconds = len(data) / PCM16_WIDTH / self.input_rate
         if not self.barge_in and self.gate.closed(now):
@@ -70,30 +61,18 @@ class Intake:
         self.listen.feed(data, seconds, now)
 
     def control(self, control: pb.Control) -> None:
-        if not (control.interrupt or control.end_of_turn):
-            raise InvalidArgument(
-                "empty Control: set interrupt (stop the answer) or end_of_turn (the user has finished)",
-                fields={"control": "nothing asked"},
-            )
+        check_control(control)
         if control.interrupt:
             self.interrupt("interrupt")
         if control.end_of_turn:
             self.listen.end_utterance()
 
     def playback(self, event: pb.PlaybackEvent) -> None:
+        check_playback(event)
         if event.type == pb.PLAYBACK_EVENT_TYPE_FINISHED:
             self.gate.playback_finished(event.turn_id, time.monotonic())
-        elif event.type != pb.PLAYBACK_EVENT_TYPE_STARTED:
-            raise InvalidArgument("playback.type must be STARTED or FINISHED", fields={"playback.type": "unspecified"})
 
     def text(self, text: str) -> None:
-        text = text.strip()
-        if not text:
-            raise InvalidArgument("a text turn must not be empty", fields={"text": "blank"})
-        if len(text) > MAX_TEXT_TURN_CHARS:
-            raise InvalidArgument(
-                f"a text turn may hold at most {MAX_TEXT_TURN_CHARS} characters; got {len(text)}",
-                fields={"text": "too long"},
-            )
+        text = check_text_turn(text)
         now = time.monotonic()
         self.turns.submit(text, start=now, final_at=now)

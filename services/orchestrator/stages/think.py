@@ -12,7 +12,8 @@ import grpc
 
 from parole.llm.v1 import llm_pb2, llm_pb2_grpc
 from parole.orchestrator.v1 import orchestrator_pb2 as pb
-from services.orchestrator.guard import canned_reply, guarded
+from services.llm.backends.canned import canned_reply
+from services.orchestrator.guard import guarded
 from services.orchestrator.turn import Turn, TurnOutput
 from services.runtime.logging import get_logger
 from services.runtime.resilience import Breakers
@@ -50,8 +51,8 @@ class Think:
         if failed is None:
             return
         cut_short = bool(turn.reply)
-        if not cut_short:  # nothing said yet: answer with the fallback reply ourselves
-            self._said(turn, out, speech, canned_reply(self.language, turn.text))
+        if not cut_short:  # nothing said yet: answer with the fallback reply ourselves (the LLM's own words)
+            self._said(turn, out, speech, canned_reply(turn.text, self.language))
         out.degraded(
             pb.STAGE_LLM,
             f"language model service failed ({failed.details}); "

@@ -234,7 +234,10 @@ def _stream_response(event: SessionEvent) -> stt_pb2.StreamingRecognizeResponse:
     if isinstance(event, SpeechEvent):
         kind = SPEECH_EVENTS[event.kind]
         return stt_pb2.StreamingRecognizeResponse(
-            speech_event=kind, event_seconds=event.at_seconds, audio_processed_seconds=event.processed_seconds
+            speech_event=kind,
+            event_seconds=event.at_seconds,
+            audio_processed_seconds=event.processed_seconds,
+            voice_end_seconds=event.voice_end_seconds,
         )
     return stt_pb2.StreamingRecognizeResponse(
         result=_result(

@@ -103,7 +103,11 @@ async def test_spoken_conversation_then_cancel(gw: GatewayFleet) -> None:
             )
             await conn.response.create()
             first = "response.output_audio.delta" if attempt == 0 else "response.created"
-            started = await collect(conn, lambda e, first=first: e.type == first, 120)
+
+            def begun(event: Any, first: str = first) -> bool:
+                return bool(event.type == first)
+
+            started = await collect(conn, begun, 120)
             response_id = next(e for e in started if e.type == "response.created").response.id
             await conn.response.cancel()
             rest = await collect(conn, lambda e: e.type == "response.done", 60)

@@ -10,7 +10,9 @@ response stream:
    listen; playback reports go to the gate; typed text becomes a turn.
 2. ``stages/listen.py``: microphone audio → one long-lived STT stream (reopened if the
    service drops) → speech events and transcripts; a final transcript with words becomes a
-   turn (``turn.py``), timed from when the voice stopped (``gate.AudioClock``).
+   turn (``turn.py``), timed from when the voice stopped (``gate.AudioClock``). On a full
+   machine whose final runs late, ``stages/early.py`` says "one moment" from the end of
+   speech, under the turn id the words then get. Requests are checked in ``validation.py``.
 3. ``stages/answer.py``: one turn at a time. ``stages/think.py`` streams the LLM's tokens as
    answer text while ``stages/speak.py`` feeds them into a TTS stream and gets audio back
    clause by clause. Everything a turn says leaves through its ``TurnOutput`` (``turn.py``):

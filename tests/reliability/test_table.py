@@ -49,12 +49,14 @@ def test_fuzzing_is_summed_per_contract_against_the_goal() -> None:
     rows = [
         _row("bad_input", "llm.Generate", 1.0, contract="llm", examples=6000, statuses={"OK": 10, "INVALID_ARGUMENT": 5990}, seconds=40.0),
         _row("bad_input", "llm.GetSession", 2.0, contract="llm", examples=4000, statuses={"NOT_FOUND": 4000}, seconds=2.0),
-        _row("bad_input", "gateway speech", 3.0, passed=False, contract="gateway", examples=30, codes={"200": 29, "500": 1}),
+        _row("bad_input", "gateway speech", 3.0, passed=False, contract="gateway", examples=30, codes={"200": 26, "500": 1, "502": 1, "503": 1, "504": 1}),
         _row("bad_input", "memory (RSS growth over the fuzz run)", 4.0, rss_growth_mb=1.0),
     ]  # fmt: skip
     doc = table(rows)
     assert "| llm | 2 | 10,000 | met | 0 | 0 | 42 |" in doc
-    assert "| gateway | 1 | 30 | CI size | 1 | 1 | 0 |" in doc
+    # 500 (the gateway's own failure) and 502 (a service's INTERNAL passed on) are bugs; 503 and
+    # 504 (a busy or late service, retried by the client) are not.
+    assert "| gateway | 1 | 30 | CI size | 2 | 1 | 0 |" in doc
     assert "memory" not in doc.split("## Fuzzing per contract")[1].split("##")[0]
 
 

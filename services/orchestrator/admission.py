@@ -72,6 +72,8 @@ class Admission:
         self.answering = 0
         """Answers in progress, from the turn's start to its last audio (slots cover only the
         language model's part)."""
+        self.sessions = 0
+        """Conversations open: each one's listening (speech recognition) takes cores too."""
         self.service_seconds = INITIAL_SERVICE_SECONDS
         self.on_saturation: Callable[[bool], None] | None = None
         """Called when ``saturated`` changes (the orchestrator's health follows it)."""
@@ -109,10 +111,13 @@ class Admission:
 
     @property
     def shared(self) -> bool:
-        """More than one answer is in progress (thinking or still being spoken) or waits:
-        answers share the cores and come later than alone (a turn slower than the notice
-        budget then says "one moment")."""
-        return self.answering + self.waiting > 1
+        """Another conversation is open, or more than one answer is in progress (thinking or
+        still being spoken) or waits: the cores are shared and answers come later than alone
+        (a turn slower than the notice budget then says "one moment"). Open conversations
+        count even between answers: at 4 conversations on two cores, their speech
+        recognition alone made a French answer's synthesis take 5 s with no other answer in
+        progress (bench.load)."""
+        return self.sessions > 1 or self.answering + self.waiting > 1
 
     @asynccontextmanager
     async def slot(

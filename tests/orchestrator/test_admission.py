@@ -344,3 +344,31 @@ async def test_alone_a_late_final_says_no_notice(harness: Harness) -> None:
     lat = await s.wait_for(is_kind("latency"), timeout=WAIT)
     assert "wait_notice" not in {m.point for m in lat.latency.marks} and not s.of("wait_notice")
     await s.close(timeout=WAIT)
+
+
+async def test_a_slow_answer_beside_another_open_conversation_hears_one_moment(harness: Harness) -> None:
+    """No other answer is in progress, but another conversation is open (its listening takes
+    cores too): a turn whose speech is still silent at the notice budget says "one moment";
+    alone it would not."""
+    fast_admission(harness, notice_after=0.3, give_up_after=WAIT)
+    tts = harness.fakes.tts
+    tts.hold = asyncio.Event()  # a slow voice: the answer's text is there, its audio is not
+    alone = harness.session()
+    await alone.wait_for(is_kind("session_started"), timeout=WAIT)
+    alone.send_text("What time is it?")
+    with pytest.raises(EventNotSeen):
+        await alone.wait_for(is_kind("wait_notice"), timeout=1.0)
+    tts.hold.set()
+    await alone.wait_for(is_kind("latency"), timeout=WAIT)
+    tts.hold = asyncio.Event()
+    other = harness.session()
+    await other.wait_for(is_kind("session_started"), timeout=WAIT)
+    alone.send_text("And the date?")
+    notice = await alone.wait_for(is_kind("wait_notice"), timeout=WAIT)
+    assert notice.wait_notice.text == NOTICE["en"] and not other.of("wait_notice")
+    tts.hold.set()
+    lat = await alone.wait_for(lambda m: is_kind("latency")(m) and m.turn_id == notice.turn_id, timeout=WAIT)
+    at = {m.point: m.seconds for m in lat.latency.marks}
+    assert 0.3 <= at["wait_notice"] < at["first_audio"]
+    await other.close(timeout=WAIT)
+    await alone.close(timeout=WAIT)

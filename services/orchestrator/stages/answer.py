@@ -162,8 +162,8 @@ class Answer:
 
     async def _watch(self, turn: Turn, out: TurnOutput) -> None:
         """Never silence past the notice budget on a shared machine: a turn with no audio yet
-        when it runs out, while other turns are answered too, says "one moment". Alone, a
-        slow answer just comes (a notice would only push it back)."""
+        when it runs out, while other conversations are open or other turns are answered too,
+        says "one moment". Alone, a slow answer just comes (a notice would only push it back)."""
         await asyncio.sleep(max(0.0, turn.start + self.admission.notice_after - time.monotonic()))
         if "first_audio" not in turn.timing and self.admission.shared:
             await self._notice(out, self.admission.expected_wait(0))

@@ -100,9 +100,9 @@ class EarlyNotice:
 
     async def _wait(self, end: int, since: float) -> None:
         await asyncio.sleep(max(0.0, since + self.admission.notice_after - time.monotonic()))
-        # This utterance is not a turn yet: any answer in progress or waiting shares the
-        # machine with it (``Admission.shared`` counts the turn itself).
-        if not (self.admission.answering or self.admission.waiting):
+        # This utterance is not a turn yet: another conversation, or any answer in progress
+        # or waiting, shares the machine with it (``Admission.shared`` counts the turn itself).
+        if not (self.admission.sessions > 1 or self.admission.answering or self.admission.waiting):
             return
         out = TurnOutput(self.turns.reserve(since), self.outbox, self.gate)
         self._said[end] = out  # from here on the final claims it, even while the notice is said

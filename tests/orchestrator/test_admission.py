@@ -18,7 +18,7 @@ from services.runtime import healthcheck
 from services.runtime.errors import retry_delay
 from tests.e2e.driver import Session, final_transcript, is_kind
 from tests.orchestrator.conftest import Harness
-from tests.orchestrator.fakes import final, speech_event
+from tests.orchestrator.fakes import final, speculative, speech_event
 
 WAIT = 15.0
 
@@ -372,3 +372,31 @@ async def test_a_slow_answer_beside_another_open_conversation_hears_one_moment(h
     assert 0.3 <= at["wait_notice"] < at["first_audio"]
     await other.close(timeout=WAIT)
     await alone.close(timeout=WAIT)
+
+
+async def test_an_answer_ahead_still_silent_at_the_budget_says_one_moment_once_adopted(harness: Harness) -> None:
+    """The answer started on the pause's transcript is adopted by the final; on a shared
+    machine its slow speech gets the notice like any turn's."""
+    fast_admission(harness, notice_after=0.3, give_up_after=WAIT)
+    tts, stt = harness.fakes.tts, harness.fakes.stt
+    tts.hold = asyncio.Event()
+    other = harness.session()
+    await other.wait_for(is_kind("session_started"), timeout=WAIT)
+    s = harness.session()
+    await s.wait_for(is_kind("session_started"), timeout=WAIT)
+    await listening(harness, 2)
+    stt.send(speech_event(True))
+    stt.send(speculative("What time is it?"))
+    async with asyncio.timeout(WAIT):
+        await harness.fakes.llm.called.wait()
+    stt.send(speech_event(False))
+    stt.send(final("What time is it?"))
+    notice = await s.wait_for(is_kind("wait_notice"), timeout=WAIT)
+    tts.hold.set()
+    lat = await s.wait_for(is_kind("latency"), timeout=WAIT)
+    assert lat.turn_id == notice.turn_id and len(harness.fakes.llm.requests) == 1, "the answer ahead was kept"
+    at = {m.point: m.seconds for m in lat.latency.marks}
+    assert "speculative_transcript" in at and at["wait_notice"] < at["first_audio"]
+    assert len(s.of("wait_notice")) == 1
+    await other.close(timeout=WAIT)
+    await s.close(timeout=WAIT)

@@ -76,6 +76,7 @@ class Answer:
         warm = asyncio.create_task(self.speak.phrase(notice_text(self.language), WARM_TIMEOUT), name="warm-notice")
         try:
             async for turn in self.turns.channel:
+                watchdog: asyncio.Task[None] | None = None
                 ahead, self.ahead = self.ahead, None
                 noticed = self.early.take(turn)  # it said "one moment" before its words came
                 # An answer ahead that degraded (the LLM refused a guess while busy, or failed)
@@ -89,6 +90,8 @@ class Answer:
                     out = ahead.adopt(turn)
                     turn = out.turn
                     self.current = ahead.task
+                    # Its own watch did not run (a guess must not say "one moment"): now a turn.
+                    watchdog = asyncio.create_task(self._watch(turn, out), name="watch-adopted")
                 else:
                     if ahead is not None:
                         await ahead.abandon()
@@ -98,7 +101,12 @@ class Answer:
                 self.current_turn, self.current_out = turn, out
                 # wait() (unlike await) does not raise the turn's own cancellation (a barge-in),
                 # while a cancellation of this loop (the session ending) still propagates.
-                await asyncio.wait({self.current})
+                try:
+                    await asyncio.wait({self.current})
+                finally:
+                    if watchdog is not None:
+                        watchdog.cancel()
+                        watchdog = None
                 if self.held is out:  # it ended while held: the next final says what becomes of it
                     await self._hold_over.wait()
                 if turn.merged or out.held is not None or self.current.cancelled():

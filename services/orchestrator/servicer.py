@@ -21,16 +21,15 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
     def __init__(self, stubs: Stubs, settings: OrchestratorSettings) -> None:
         self.stubs = stubs
         self.settings = settings
-        self.active = 0
 
     async def Converse(
         self, request_iterator: AsyncIterator[pb.ConverseRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ConverseResponse]:
         admission = self.stubs.admission
-        if self.active >= self.settings.max_sessions:
+        if admission.sessions >= self.settings.max_sessions:
             REFUSED_SESSIONS.labels("max_sessions").inc()
             raise ResourceExhausted(
-                f"{self.active} conversations are in progress, the most this orchestrator holds "
+                f"{admission.sessions} conversations are in progress, the most this orchestrator holds "
                 f"(ORCH_MAX_SESSIONS={self.settings.max_sessions}); retry later or add a replica",
                 retry_after=max(admission.service_seconds, 1.0),
             )
@@ -45,9 +44,11 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServiceServicer):
                 "another replica",
                 retry_after=wait,
             )
-        self.active += 1
+        # Counted where the answering stages read it too (a machine with another conversation
+        # open is shared): one count of the open conversations.
+        admission.sessions += 1
         try:
             async for msg in converse(self.stubs, self.settings, request_iterator):
                 yield msg
         finally:
-            self.active -= 1
+            admission.sessions -= 1

@@ -149,7 +149,6 @@ class Conversation:
         client is done and its last turn answered (or a stage fails: the stream ends with its
         error)."""
         SESSIONS.inc()
-        self.answer.admission.sessions += 1
         s = self.s
         self.outbox.emit(session_started=pb.SessionStarted(session_id=s.session_id, language=s.language, voice=s.voice))
         try:
@@ -170,7 +169,6 @@ class Conversation:
                     yield msg
         finally:
             SESSIONS.dec()
-            self.answer.admission.sessions -= 1
 
     async def _take_in(self, requests: AsyncIterator[pb.ConverseRequest]) -> None:
         await self.intake.run(requests)

@@ -77,8 +77,7 @@ class EarlyNotice:
         another turn): it ends now, with its notice as all it said."""
         out = self._claimed.pop(turn.turn_id, None)
         if out is not None:
-            out.end()
-            out.finish(interrupted=False)
+            _end(out)
 
     def forget(self) -> None:
         """No final will come for the ends seen so far (the STT stream ended or broke; a new
@@ -87,8 +86,7 @@ class EarlyNotice:
             self._timer.cancel()  # even mid-notice: its turn ends here
         said, self._said = self._said, {}
         for out in said.values():
-            self._claimed[out.turn.turn_id] = out
-            self.unused(out.turn)
+            _end(out)
 
     def close(self) -> None:
         """The session is over: no notice is said any more."""
@@ -107,3 +105,9 @@ class EarlyNotice:
         out = TurnOutput(self.turns.reserve(since), self.outbox, self.gate)
         self._said[end] = out  # from here on the final claims it, even while the notice is said
         await self.say(out, self.admission.expected_wait())
+
+
+def _end(out: TurnOutput) -> None:
+    """A reserved turn ends with its notice as all it said."""
+    out.end()
+    out.finish(interrupted=False)

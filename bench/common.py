@@ -70,13 +70,6 @@ def speech_end(pcm: Pcm) -> float:
     return float((loud[-1] + 1) * frame / pcm.sample_rate) if loud.size else pcm.duration
 
 
-def trim(pcm: Pcm) -> Pcm:
-    """Drops the clip's own leading and trailing silence, so the speech end is known."""
-    audio = np.frombuffer(pcm.data, dtype="<i2")
-    loud = np.nonzero(np.abs(audio) > 300)[0]
-    return Pcm(audio[loud[0] : loud[-1] + 1].tobytes(), pcm.sample_rate) if loud.size else pcm
-
-
 # ----------------------------------------------------------------------------- figures
 def percentile(values: list[float], q: float) -> float:
     """The value at rank ``q`` (0..1) of ``values``, the nearest one (no interpolation)."""

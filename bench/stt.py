@@ -44,7 +44,7 @@ from typing import Any
 
 import grpc
 
-from bench.common import SPEECH_DIR, quantile, trim
+from bench.common import SPEECH_DIR, quantile
 from bench.stt_turns import LEAD, turn_taking
 from parole.audio.v1 import audio_pb2
 from parole.stt.v1 import stt_pb2, stt_pb2_grpc
@@ -55,7 +55,7 @@ from services.runtime.server import start_app
 from services.stt.app import SttApp
 from services.stt.config import SttServerSettings, SttSettings
 from services.stt.engine import DecodeOptions, WhisperEngine
-from services.testkit.speech import espeak, piper_joe, real_samples
+from services.testkit.speech import espeak, piper_joe, real_samples, trim
 from services.testkit.stt import paced_requests
 from services.testkit.transcripts import word_error_rate
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.common import SPEECH_DIR, quantile, trim
+from bench.common import SPEECH_DIR, quantile
 from parole.audio.v1 import audio_pb2
 from parole.stt.v1 import stt_pb2
 from services.models.store import ModelStore
@@ -26,7 +26,7 @@ from services.stt.config import StreamingSettings, TurnSettings
 from services.stt.engine import SileroVad
 from services.stt.streaming import CheckTurn, Endpointer, SpeechEnded
 from services.stt.turn import SmartTurn
-from services.testkit.speech import piper_joe, real_samples, slow_espeak
+from services.testkit.speech import piper_joe, real_samples, slow_espeak, trim
 from services.testkit.stt import paced_requests
 from services.testkit.transcripts import normalise
 
@@ -115,6 +115,7 @@ async def stream_turn(stub: Any, language: str, pcm: Pcm, mode: str) -> dict[str
         reason=stt_pb2.EndOfTurnReason.Name(eot.reason).removeprefix("END_OF_TURN_REASON_").lower(),
         probability=round(eot.probability, 3) if eot.HasField("probability") else None,
         checks=eot.checks,
+        overruled=eot.overruled,
         decision_silence_seconds=round(eot.silence_seconds, 3),
         end_silence_seconds=round(eot.silence_seconds + eot.held_seconds, 3),
         wall_to_speech_ended_seconds=round(ended[-1] - voice_end_at, 3),
@@ -218,6 +219,7 @@ def _turn_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "groups": groups,
         "split_share_real": round(sum(r["finals"] > 1 for r in real) / max(1, len(real)), 3),
         "split_share_all": round(sum(r["finals"] > 1 for r in rows) / len(rows), 3),
+        "overruled_by_text": [r["clip"] for r in rows if r.get("overruled")],
         "complete_commands": {
             key: _summary([r[key] for r in commands if r.get(key) is not None])
             for key in (

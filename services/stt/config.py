@@ -108,6 +108,11 @@ class TurnSettings(BaseModel):
     answer mostly turns a real hesitation into "complete" (the model's probability rises with
     the silence it hears), which cuts the speaker off: rechecking at 500 ms split 2 more of 16
     paused turns and ended no complete command sooner."""
+    text_veto: bool = True
+    """A pause whose speculative transcript breaks off mid-sentence (a trailing comma or
+    ellipsis, a dangling article, conjunction or possessive: ``unfinished``) is unfinished,
+    whatever the model says: the turn waits for max_silence_ms. It needs the transcript
+    within the hold (hold_for_transcript_ms above 0); a later one changes nothing."""
     max_silence_ms: int = Field(default=2000, ge=100, le=10000)
     """Silence that ends a turn whatever the model says: the longest a person may pause."""
     decision_timeout_ms: int = Field(default=1000, ge=50, le=10000)

@@ -72,7 +72,9 @@ class Endpointer:
     CheckTurn and, from the silence where the answer is needed, buffers the audio until
     ``verdict`` brings it. Complete: the utterance ends at ``turn.complete_silence_ms``, or
     when ``transcript_ready`` says the pause's speculative decode is done, within
-    ``turn.hold_for_transcript_ms``. Unfinished: it asks again
+    ``turn.hold_for_transcript_ms``, unless that transcript reads as unfinished (a trailing
+    comma, an ellipsis, a dangling article or conjunction: ``unfinished``), which overrules
+    the model. Unfinished: it asks again
     every ``turn.recheck_ms`` and ends at ``turn.max_silence_ms`` regardless. No answer: that
     pause falls back to the silence rule. Because each answer is applied at the stream
     position it was asked for, the events do not depend on how fast the audio arrives.
@@ -84,8 +86,10 @@ class Endpointer:
         settings: StreamingSettings,
         end_silence_ms: int | None = None,
         semantic: bool = False,
+        on_overrule: Callable[[], None] | None = None,
     ) -> None:
         self._vad = vad
+        self._on_overrule = on_overrule
         self.threshold = settings.vad_threshold
         self.neg_threshold = settings.vad_neg_threshold
         eos_ms = end_silence_ms or settings.end_of_speech_silence_ms
@@ -133,6 +137,8 @@ class Endpointer:
         self._decided_silence = 0  # and the silent windows then
         self._holding = False  # judged complete, waiting for this pause's transcript
         self._transcript_ready = False  # the speculative decode of this pause has finished
+        self._text_unfinished = False  # and its text breaks off mid-sentence
+        self._overruled = False  # a "complete" of this pause was overruled by that text
 
     @property
     def speaking(self) -> bool:
@@ -179,15 +185,30 @@ class Endpointer:
         events = self._apply(c) if self._silence >= c.decide_at else []
         return events + self._drain()
 
-    def transcript_ready(self, end_sample: int) -> list[EndpointEvent]:
+    def transcript_ready(self, end_sample: int, unfinished: bool = False) -> list[EndpointEvent]:
         """The speculative decode of the pause ending at ``end_sample`` has finished. A turn
-        judged complete and held for it ends now, at the stream position reached."""
+        judged complete and held for it ends now, at the stream position reached, unless its
+        text breaks off mid-sentence (``unfinished``): then the pause is judged unfinished,
+        whatever the model said or will say, and the turn ends at ``max_silence_ms``."""
         if self._utt is None or not self._paused or self._slice_end() != end_sample:
             return []  # an older pause: speech resumed since
         self._transcript_ready = True
+        if unfinished:
+            self._text_unfinished = True
+            if self._holding:
+                self._holding = False
+                self._overrule()
+            return []
         if not self._holding:
             return []
         return [self._end("complete"), *self._drain()]
+
+    def _overrule(self) -> None:
+        """The model's "complete" stands corrected by the text: listen on as for "unfinished"."""
+        self._overruled = True
+        if self._on_overrule is not None:
+            self._on_overrule()
+        self._next_check = self._silence + self.recheck_windows if self.recheck_windows else -1
 
     def _slice_end(self) -> int:
         assert self._utt is not None
@@ -260,6 +281,8 @@ class Endpointer:
         self._unjudged = False
         self._holding = False
         self._transcript_ready = False
+        self._text_unfinished = False
+        self._overruled = False
 
     def _semantic_silence(self, events: list[EndpointEvent]) -> SpeechEnded | None:
         """One more silent window under semantic endpointing: ask, apply an answer, or end."""
@@ -293,6 +316,9 @@ class Endpointer:
             self._unjudged = True
             return self._end("silence") if self._silence >= self.eos_windows else None
         self._probability = c.probability
+        if c.probability >= self.complete_threshold and self._text_unfinished:
+            self._overrule()
+            return None
         if c.probability >= self.complete_threshold:
             self._decided_at, self._decided_silence = self._samples, self._silence
             if self.hold_windows and not self._transcript_ready:
@@ -378,6 +404,7 @@ class Endpointer:
             checks=self._pause_checks,
             mode="semantic" if self.semantic else "silence",
             decided_sample=self._decided_at if reason == "complete" else self._samples,
+            overruled=self._overruled,
         )
         self._utt = None
         self._levels = []

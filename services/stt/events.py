@@ -84,6 +84,9 @@ class SpeechEnded:
     decided_sample: int = 0
     """Where the end was decided: for a turn judged complete, where the model's answer was
     applied; ``at_sample`` may be later when the end was held for the pause's transcript."""
+    overruled: bool = False
+    """The model judged this pause complete and the pause's transcript, reading as unfinished,
+    overruled it (``unfinished.sounds_unfinished``)."""
 
     @property
     def silence_samples(self) -> int:
@@ -155,6 +158,8 @@ class EndOfTurn:
     """CPU time of the model's runs in the final pause."""
     decision_wall_seconds: float
     """From asking to the answer, for the last run (waiting for a core included)."""
+    overruled: bool = False
+    """The model's "complete" was overruled by a transcript that broke off mid-sentence."""
 
 
 @dataclass(frozen=True)

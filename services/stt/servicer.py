@@ -198,6 +198,7 @@ def _end_of_turn(d: EndOfTurn) -> stt_pb2.EndOfTurn:
         held_seconds=d.held_seconds,
         decision_cpu_seconds=d.decision_cpu_seconds,
         decision_wall_seconds=d.decision_wall_seconds,
+        overruled=d.overruled,
     )
 
 

@@ -39,7 +39,8 @@ from services.stt.events import (
     StreamResult,
 )
 from services.stt.recognizer import EOS_TO_FINAL, SPECULATIVE, Recognition, Recognizer
-from services.stt.turn import TURN_DECISIONS, TURN_FALLBACKS, TURN_SILENCE, TurnDetector, TurnVerdict
+from services.stt.turn import TURN_DECISIONS, TURN_FALLBACKS, TURN_OVERRULED, TURN_SILENCE, TurnDetector, TurnVerdict
+from services.stt.unfinished import sounds_unfinished
 
 # The endpointer and its events stay importable from here, where tests and bench.stt take them.
 __all__ = [
@@ -91,7 +92,11 @@ class StreamSession:
         # Semantic without the model: silence only, counted (the warning was given at start-up).
         self.model_missing = asked == "semantic" and turn is None
         self.endpointer = Endpointer(
-            vad, settings, config.end_of_speech_silence_ms or None, semantic=asked == "semantic" and turn is not None
+            vad,
+            settings,
+            config.end_of_speech_silence_ms or None,
+            semantic=asked == "semantic" and turn is not None,
+            on_overrule=TURN_OVERRULED.inc,
         )
         self._judging: asyncio.Task[None] | None = None
         self._pause_verdicts: list[TurnVerdict] = []  # answers accepted in the current pause
@@ -242,11 +247,16 @@ class StreamSession:
         )
 
     def _transcript_ready(self, task: asyncio.Task[Recognition], end_sample: int) -> None:
-        """A speculative decode finished (or failed: the final decodes again either way)."""
+        """A speculative decode finished (or failed: the final decodes again either way). Its
+        text may overrule a "complete": see ``unfinished``."""
         if task.cancelled():
             return
+        unfinished = False
+        if self.settings.turn.text_veto and task.exception() is None:
+            t = task.result().transcript
+            unfinished = sounds_unfinished(t.text, t.language)
         try:
-            for event in self.endpointer.transcript_ready(end_sample):
+            for event in self.endpointer.transcript_ready(end_sample, unfinished):
                 self._on_endpoint(event)
         except Exception as exc:  # noqa: BLE001 - handed to the consumer, which raises it to the client
             self._fail(exc)
@@ -269,6 +279,7 @@ class StreamSession:
             held_seconds=ended.held_samples / SPEECH_RATE,
             decision_cpu_seconds=sum(v.cpu_seconds for v in verdicts),
             decision_wall_seconds=verdicts[-1].wall_seconds if verdicts else 0.0,
+            overruled=ended.overruled,
         )
 
     async def _judge(self, check: CheckTurn) -> None:

@@ -65,6 +65,11 @@ TURN_FALLBACKS = Counter(
     "(model_missing), failed (error) or answered too late (timeout).",
     ["reason"],
 )
+TURN_OVERRULED = Counter(
+    "parole_stt_turn_overruled_total",
+    "Pauses the end-of-turn model judged complete whose transcript broke off mid-sentence (a trailing "
+    "comma or ellipsis, a dangling article or conjunction): the turn went on listening instead of ending.",
+)
 TURN_MODEL_AVAILABLE = Gauge(
     "parole_stt_turn_model_available",
     "1 when the end-of-turn model is loaded; 0 when semantic endpointing falls back to silence.",

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+import numpy as np
+
 from services.models.store import ModelStore
 from services.runtime.audio import Pcm, read_wav_bytes, resample_pcm16
 
@@ -39,6 +41,13 @@ def _joe(store_root: str) -> object:
 
     onnx, config = ModelStore(Path(store_root)).piper_voice("en_US-joe-medium")
     return PiperVoice.load(str(onnx), config_path=str(config))
+
+
+def trim(pcm: Pcm) -> Pcm:
+    """Drops the clip's own leading and trailing silence, so the speech end is known."""
+    audio = np.frombuffer(pcm.data, dtype="<i2")
+    loud = np.nonzero(np.abs(audio) > 300)[0]
+    return Pcm(audio[loud[0] : loud[-1] + 1].tobytes(), pcm.sample_rate) if loud.size else pcm
 
 
 def piper_joe(text: str, store: ModelStore, rate: int = 16000) -> Pcm:

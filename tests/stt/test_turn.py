@@ -25,7 +25,8 @@ from services.stt.config import StreamingSettings, SttSettings, TurnSettings
 from services.stt.engine import SileroVad, WhisperEngine
 from services.stt.streaming import WINDOW, CheckTurn, Endpointer, EndpointEvent, Paused, SpeechEnded
 from services.stt.turn import SAMPLES, SmartTurn, TurnVerdict, features, mel_filters
-from services.testkit.stt import loopback_settings
+from services.testkit.speech import piper_joe, trim
+from services.testkit.stt import loopback_settings, paced_requests
 from services.testkit.transcripts import normalise
 from tests.stt.conftest import Served, collect, config, serve, shutdown, stream_requests
 
@@ -167,10 +168,16 @@ Answer = Callable[[CheckTurn], float | None]
 
 
 def drive(
-    ep: Endpointer, audio: FloatAudio, answer: Answer | None, chunk: int = 1600, transcript_after: int | None = None
+    ep: Endpointer,
+    audio: FloatAudio,
+    answer: Answer | None,
+    chunk: int = 1600,
+    transcript_after: int | None = None,
+    unfinished: bool = False,
 ) -> list[EndpointEvent]:
     """Feeds ``audio`` in chunks; answers each CheckTurn at once; reports each pause's
-    transcript ready ``transcript_after`` windows after the pause (None: never)."""
+    transcript ready ``transcript_after`` windows after the pause (None: never), its text
+    reading as ``unfinished`` or not."""
     events: list[EndpointEvent] = []
     ready: list[tuple[int, int]] = []  # (stream sample at which to report, pause end sample)
 
@@ -185,7 +192,7 @@ def drive(
     for i in range(0, audio.size, chunk):
         handle(ep.feed(audio[i : i + chunk]))
         while ready and ready[0][0] <= i + chunk:
-            handle(ep.transcript_ready(ready.pop(0)[1]))
+            handle(ep.transcript_ready(ready.pop(0)[1], unfinished))
     handle(ep.flush())
     return events
 
@@ -263,6 +270,27 @@ def test_holding_for_the_transcript_keeps_a_speaker_who_goes_on(
     # at 9: held 2 windows.
     assert soon.reason == "complete" and soon.held_samples == 2 * WINDOW
     assert soon.silence_samples == never.silence_samples
+
+
+def test_a_transcript_that_breaks_off_overrules_a_complete(smart_turn: SmartTurn, turn_clips: list[TurnClip]) -> None:
+    """A turn the model judged complete, whose pause's transcript reads as unfinished ("…sur
+    les rails et si…"), is not ended: it waits for the longest pause, says it was overruled,
+    and a transcript that reads as finished ends it as before. The text overrules whether it
+    comes before the model's answer is applied or during the hold."""
+    command = of_kind(turn_clips, "complete")[0]
+    for after in (1, 4):  # ready before the decision (7 windows of silence), or held for
+        ep = Endpointer(SileroVad(), semantic(500), semantic=True)
+        (ended,) = ends(drive(ep, command.audio, ask(smart_turn), chunk=512, transcript_after=after, unfinished=True))
+        assert ended.reason == "max_silence" and ended.overruled, (after, ended)
+        assert ended.probability is not None and ended.probability >= 0.5
+        assert ended.silence_samples == ep.max_silence_windows * WINDOW
+        ep = Endpointer(SileroVad(), semantic(500), semantic=True)
+        (kept,) = ends(drive(ep, command.audio, ask(smart_turn), chunk=512, transcript_after=after))
+        assert kept.reason == "complete" and not kept.overruled
+    # The model's "unfinished" is not an overrule: nothing was overruled.
+    ep = Endpointer(SileroVad(), semantic(500), semantic=True)
+    (unjudged,) = ends(drive(ep, command.audio, lambda check: 0.1, chunk=512, transcript_after=1, unfinished=True))
+    assert unjudged.reason == "max_silence" and not unjudged.overruled
 
 
 def test_answers_apply_where_they_were_asked_whatever_their_delay(
@@ -347,6 +375,47 @@ async def test_paused_clips_through_the_service(stt: Served, turn_clips: list[Tu
             assert eot.reason == REASON.END_OF_TURN_REASON_COMPLETE and eot.probability >= 0.5, (clip.name, eot)
     # Whisper base on spontaneous French misses words either way: half of them, on every clip.
     assert all(share >= 0.5 for _, _, share, _ in report), report
+
+
+class HearsEveryPauseAsFinal:
+    """Fault injection: an end-of-turn model that judges every pause complete (what Smart Turn
+    does at some real mid-sentence pauses: "…sur les rails et si…" at 0.97)."""
+
+    name = "always-complete"
+
+    async def decide(self, audio: FloatAudio) -> TurnVerdict:
+        return TurnVerdict(probability=0.99, cpu_seconds=0.0, wall_seconds=0.0)
+
+
+async def test_a_sentence_left_hanging_is_not_ended_by_a_final_sounding_pause(
+    whisper_engine: WhisperEngine, model_store: ModelStore
+) -> None:
+    """Real Whisper, real time, a model that hears every pause as final: the pause after "I
+    need eggs, milk and" is transcribed ending on "and", so the turn goes on listening and
+    the speaker who finishes the list 3 s later is heard in one final (the overrule counted).
+    With the text check off, the same stream is cut at that pause. The hold and the longest
+    pause are long here so that a loaded host's slow decode still lands inside them."""
+    turn = TurnSettings(hold_for_transcript_ms=3000, max_silence_ms=4000)
+    first, rest = (trim(piper_joe(t, model_store)) for t in ("I need eggs, milk and", "a loaf of bread."))
+    audio = silence(LEAD) + first.data + silence(3.0) + rest.data + silence(TAIL)
+    finals = {}
+    for veto in (True, False):
+        settings = loopback_settings(streaming=StreamingSettings(turn=turn.model_copy(update={"text_veto": veto})))
+        served = await serve(settings, [whisper_engine], HearsEveryPauseAsFinal())
+        try:
+            before = metric("parole_stt_turn_overruled_total")
+            requests = paced_requests(config(language="en"), audio, LEAD + 5, {})
+            finals[veto] = final_results([r async for r in served.stub.StreamingRecognize(requests)])
+            overruled = metric("parole_stt_turn_overruled_total") - before
+        finally:
+            await shutdown(served)
+        if veto:
+            assert len(finals[veto]) == 1, [f.transcript for f in finals[veto]]
+            assert {"eggs", "milk", "bread"} <= set(normalise(finals[veto][0].transcript)), finals[veto][0].transcript
+            assert overruled >= 1
+        else:
+            assert len(finals[veto]) == 2 and overruled == 0, [f.transcript for f in finals[veto]]
+            assert "bread" in normalise(finals[veto][1].transcript)
 
 
 async def test_silence_only_endpointing_per_stream(stt: Served, turn_clips: list[TurnClip]) -> None:

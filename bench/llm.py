@@ -12,6 +12,13 @@ once of a backend with one context, then with two (two answered at once over the
 weights): each turn's time to first token from its submission, the time until every answer
 is done, and the tokens per second of all of them together, with the ratio to one context.
 
+A long conversation (``--long-turns 12 --long-window 8``): one session of that many turns whose
+history keeps the last ``--long-window`` exchanges, as the service's ``sessions.max_turns``
+does, asked twice: with the KV cache shifted when the oldest exchange falls out of the window
+(``llamacpp.shift_history``, the default), and with the remaining history reread instead. Per
+turn, the time to first token and the prompt tokens read; the figure is the turns after the
+window filled.
+
 Generation is greedy and capped, so runs compare; tokens/s is counted after the first token.
 Each thread count asked for is measured separately: on a host whose cores are busy with other
 work, llama.cpp's threads wait for each other at every step, and 2 threads can be many times
@@ -130,6 +137,71 @@ async def bench_model(store: ModelStore, name: str, runs: int, threads: int, max
     }
 
 
+LONG_QUESTIONS = [
+    "What is the capital of France?",
+    "And how many people live there?",
+    "Which river runs through it?",
+    "Name a famous museum there.",
+    "What is the tallest building in the city?",
+    "Which language do people speak there?",
+    "What is a typical dish from that country?",
+    "Which sea is to the south of the country?",
+    "Name a big city on that coast.",
+    "What is the weather like there in summer?",
+    "Which mountains are on the border with Spain?",
+    "What is the highest peak of those mountains?",
+    "Which country is to the east of France?",
+    "What is its capital?",
+]
+
+
+async def bench_sliding(
+    store: ModelStore, name: str, turns: int, window: int, threads: int, max_tokens: int
+) -> dict[str, Any]:
+    """One long conversation, with the history window sliding, shifted then reread."""
+    backend = LlamaCppBackend(store.gguf(name), name, n_ctx=4096, n_threads=threads)
+    await backend.load()
+    out: dict[str, Any] = {"model": name, "turns": turns, "window": window}
+    try:
+        await generate(backend, [ChatMessage("user", "Hello")], "en", 4)
+        for shift in (True, False):
+            backend.shift_history = shift
+            await backend.reset_cache()
+            await backend.prime([DEFAULT_SYSTEM_PROMPTS["en"]])
+            history: list[tuple[str, str]] = []
+            rows = []
+            for i in range(turns):
+                question = LONG_QUESTIONS[i % len(LONG_QUESTIONS)]
+                messages = [ChatMessage("system", DEFAULT_SYSTEM_PROMPTS["en"])]
+                for user, assistant in history[-window:]:
+                    messages += [ChatMessage("user", user), ChatMessage("assistant", assistant)]
+                run = await generate(backend, [*messages, ChatMessage("user", question)], "en", max_tokens)
+                history.append((question, run.text))
+                shifted = backend.last_run.shifted_tokens if backend.last_run else 0
+                rows.append(
+                    {
+                        "turn": i + 1,
+                        "ttft_seconds": round(run.ttft, 3),
+                        "prompt_tokens": run.prompt_tokens,
+                        "prompt_tokens_evaluated": run.prompt_tokens_evaluated,
+                        "shifted_tokens": shifted,
+                    }
+                )
+            slid = [r for r in rows if r["turn"] > window + 1]
+            out["shifted" if shift else "reread"] = {
+                "per_turn": rows,
+                "after_window_ttft_p50_seconds": round(statistics.median(r["ttft_seconds"] for r in slid), 3),
+                "after_window_ttft_max_seconds": max(r["ttft_seconds"] for r in slid),
+                "after_window_prompt_tokens_evaluated_p50": statistics.median(
+                    r["prompt_tokens_evaluated"] for r in slid
+                ),
+            }
+    finally:
+        backend.shift_history = True
+        await backend.close()
+    return out
+
+
 async def first_turn(backend: LlamaCppBackend, i: int, began: float, key: str, max_tokens: int) -> tuple[float, int]:
     """Question ``i``'s first turn: seconds from ``began`` to its first token, and its tokens."""
     language, question, _ = QUESTIONS[i % len(QUESTIONS)]
@@ -215,6 +287,8 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--parallel-rounds", type=int, default=3)
     parser.add_argument("--parallel-model", default="qwen2.5-coder-1.5b-instruct-q4_k_m")
     parser.add_argument("--skip-single", action="store_true", help="only the parallel comparison")
+    parser.add_argument("--long-turns", type=int, default=12, help="turns of the long conversation (0 to skip)")
+    parser.add_argument("--long-window", type=int, default=8, help="exchanges its history keeps")
     args = parser.parse_args(argv)
     store = ModelStore(default_model_dir())
     report: dict[str, Any] = {
@@ -263,6 +337,20 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
         for key, m in report["parallel"].items():
             if isinstance(m, dict):
                 print(f"  {key}: {m}", flush=True)
+    if args.long_turns > args.long_window + 1:
+        print(f"long conversation on {args.parallel_model}: {args.long_turns} turns, window {args.long_window}…")
+        long = await bench_sliding(
+            store, args.parallel_model, args.long_turns, args.long_window, args.threads[0], args.max_tokens
+        )
+        report["long_conversation"] = long
+        for key in ("shifted", "reread"):
+            m = long[key]
+            print(
+                f"  {key}: after the window filled, ttft p50 {m['after_window_ttft_p50_seconds']} s, "
+                f"max {m['after_window_ttft_max_seconds']} s, prompt tokens read p50 "
+                f"{m['after_window_prompt_tokens_evaluated_p50']}",
+                flush=True,
+            )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     print(f"wrote {args.out}")

@@ -71,6 +71,13 @@ class LlamaCppSettings(BaseModel):
     is as fast as before. Set the orchestrator's ORCH_ANSWER_SLOTS to the same number."""
     max_waiting: int = Field(default=4, ge=0)
     """Requests allowed to wait while every context serves another; more get RESOURCE_EXHAUSTED."""
+    shift_history: bool = True
+    """When a session's oldest exchanges fall out of the history window (``max_turns``,
+    ``max_history_tokens``), take them out of the KV cache and move the rest back, instead of
+    reading the whole remaining history again: that reread is ~600 tokens, 4-5 s before the
+    first token on two cores, at every turn once the window is full. The moved cache keeps a
+    faint trace of what was dropped (llama.cpp's context shift does the same); off: exact
+    rereads."""
     session_snapshots: int = Field(default=4, ge=0)
     """KV-cache snapshots kept for recent sessions, so alternating conversations do not
     re-read their whole history; 0 keeps only the live cache (the last conversation)."""

@@ -79,3 +79,37 @@ async def test_stateless_messages(served: Served) -> None:
         options={"language": "fr", "temperature": 0.0, "max_tokens": 30},
     )
     assert "vert" in answer.text.lower()
+
+
+async def test_a_full_history_window_slides_without_rereading(qwen: LlamaCppBackend) -> None:
+    """Two exchanges kept: at the third and fourth turns the oldest exchange falls out of the
+    window. The KV cache drops it and moves the rest back, so each of those turns reads only
+    its own new words (not the whole remaining history), and the answer still knows what the
+    kept exchanges said. With the shift off, the same turn rereads the kept history."""
+    settings = make_settings(backends=["llamacpp"], sessions={"max_turns": 2})
+    opts = {"language": "en", "temperature": 0.0, "max_tokens": 24}
+    async with serve(settings, [qwen]) as served:
+        said = [
+            "I am planning a trip to the mountains.",
+            "My cat is called Biscuit, please remember it.",
+            "My sister lives in Lisbon.",
+        ]
+        answers = [await ask(served.stub, text, session_id="slide", options=opts) for text in said]
+        recall = await ask(served.stub, "What is my cat called?", session_id="slide", options=opts)
+        assert "biscuit" in recall.text.lower(), recall.text
+        for late in (answers[2], recall):
+            s = late.summary
+            assert s.prompt_tokens_evaluated < 40 < s.prompt_tokens, s
+        assert qwen.last_run is not None and qwen.last_run.shifted_tokens > 0
+        qwen.shift_history = False
+        try:
+            exact = await ask(served.stub, "Where does my sister live?", session_id="slide", options=opts)
+        finally:
+            qwen.shift_history = True
+        assert "lisbon" in exact.text.lower(), exact.text
+        assert qwen.last_run is not None and qwen.last_run.shifted_tokens == 0
+        # Reread from the system prompt on: the two kept exchanges and the question.
+        assert exact.summary.prompt_tokens_evaluated > max(40, 2 * recall.summary.prompt_tokens_evaluated), (
+            exact.summary,
+            recall.summary,
+        )

@@ -13,7 +13,7 @@ from parole.llm.v1 import llm_pb2
 from services.llm.backends.base import ChatMessage, Delta, Finish, GenerationParams
 from services.llm.backends.canned import CannedBackend
 from services.llm.backends.llamacpp import LlamaCppBackend
-from services.llm.backends.llamacpp_cache import common_prefix
+from services.llm.backends.llamacpp_cache import common_prefix, dropped_block
 from services.models.store import ModelStore
 from services.runtime.errors import InvalidArgument, ResourceExhausted
 from tests.llm.conftest import SMOL, Served, ask, make_settings, serve
@@ -254,3 +254,13 @@ async def test_two_contexts_answer_two_conversations_at_once_and_keep_their_cach
         assert backend.last_run is not None and not backend.last_run.restored_snapshot
     finally:
         await backend.close()
+
+
+def test_the_dropped_block_of_a_slid_history_is_found() -> None:
+    system, first, second, third, tail = [1, 2, 3], [10] * 20, list(range(20, 60)), list(range(60, 90)), [7, 8]
+    cached = system + first + second + third + tail  # the last answer as generated
+    slid = system + second + third + [9, 9] + [5, 6]  # as the history tokenizes it, then a question
+    assert dropped_block(cached, slid) == (3, 23)
+    assert dropped_block(cached, [*cached, 4]) is None  # a plain continuation: nothing dropped
+    assert dropped_block(cached, system + [99] * 30) is None  # nothing of it follows
+    assert dropped_block(cached, system + third[:10]) is None  # under MIN_SHIFT_MATCH tokens

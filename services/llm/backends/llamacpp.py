@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from services.llm.backends.base import BackendError, ChatMessage, Delta, Finish, GenerationParams
-from services.llm.backends.llamacpp_cache import Context, PromptCache, common_prefix
+from services.llm.backends.llamacpp_cache import Context, PromptCache, common_prefix, shift_out
 from services.runtime.errors import InvalidArgument, ResourceExhausted
 from services.runtime.logging import get_logger
 from services.runtime.streams import Channel, ChannelClosed, EndOfStream, producing
@@ -58,6 +58,8 @@ class RunStats:
     completion_tokens: int = 0
     cancelled: bool = False
     restored_snapshot: bool = False
+    shifted_tokens: int = 0
+    """Tokens of dropped history taken out of the cache (``shift_out``) instead of rereading."""
     seconds: float = 0.0
 
 
@@ -79,6 +81,7 @@ class LlamaCppBackend:
         max_waiting: int = 4,
         session_snapshots: int = 4,
         session_snapshot_bytes: int = 256 * 2**20,
+        shift_history: bool = True,
     ) -> None:
         self.model = model_name
         self.model_path = model_path
@@ -90,6 +93,7 @@ class LlamaCppBackend:
         self.max_waiting = max_waiting
         self.session_snapshots = session_snapshots
         self.session_snapshot_bytes = session_snapshot_bytes
+        self.shift_history = shift_history
         self.last_run: RunStats | None = None
         self._contexts: list[Context] = []
         self._formatter: Any = None
@@ -322,7 +326,12 @@ class LlamaCppBackend:
         llm = c.llm
         tokens = self._fit(messages, params.max_tokens)
         stats.prompt_tokens = len(tokens)
+        was_live = params.conversation is not None and c.live_key == params.conversation
         stats.restored_snapshot = self._switch_conversation(c, params.conversation, tokens)
+        # Only a conversation's own cache is shifted: another's tokens, moved under this
+        # prompt, would leave a trace of that conversation in this answer.
+        if self.shift_history and (was_live or stats.restored_snapshot):
+            stats.shifted_tokens = shift_out(c, tokens)
         cached = common_prefix(llm.input_ids[: llm.n_tokens].tolist(), tokens)
         # What generate() should read: what follows the cached prefix (it re-reads the last
         # prompt token when the whole prompt is cached, to get fresh logits). Replaced below

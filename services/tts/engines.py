@@ -12,11 +12,13 @@ breaker counts. Text goes through stdin so text starting with "-" is never read 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
 import subprocess
 import threading
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -106,6 +108,63 @@ def session_options(threads: int) -> Any:
     return options
 
 
+ARENA_MARGIN = 1.25
+"""How far past the warm-up's size a run may go and keep what the arena grew to: a piece of
+the same length with more phonemes, or slightly slower, grows it by little."""
+
+
+class ArenaBound:
+    """An onnxruntime session whose arena keeps no more than its warm-up needed.
+
+    The CPU arena keeps the largest buffers any run has needed. The engines warm it with the
+    longest piece the splitter lets through at normal speed, so ordinary runs find their
+    buffers there (within ``ARENA_MARGIN``); but a slow speed stretches the audio (0.25 makes it four times longer), and
+    one such run left Piper 200 MB larger for good (10,000 fuzzed requests grew the TTS by
+    230 MB this way). A run whose ``size`` (output length, in the engine's own units) is past
+    what the warm-up saw gives the arena's free memory back when it ends (onnxruntime's
+    ``memory.enable_memory_arena_shrinkage``): that run is ~10 % slower, the others are not
+    touched. CPU arena only; a GPU's stays as it is."""
+
+    def __init__(self, session: Any, size: Callable[[Mapping[str, Any]], float]) -> None:
+        import onnxruntime
+
+        self._session = session
+        self._size = size
+        self._warming = False
+        self.warm_size = 0.0
+        """The largest size the warm-up ran."""
+        self.shrunk = 0
+        """Runs that gave memory back."""
+        self._shrink = onnxruntime.RunOptions()
+        self._shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+
+    @contextlib.contextmanager
+    def warming(self) -> Iterator[None]:
+        """Runs inside set the size the arena is meant for."""
+        self._warming = True
+        try:
+            yield
+        finally:
+            self._warming = False
+
+    def run(self, output_names: Any, input_feed: Mapping[str, Any], run_options: Any = None) -> Any:
+        size = self._size(input_feed)
+        if self._warming:
+            self.warm_size = max(self.warm_size, size)
+        elif size > self.warm_size * ARENA_MARGIN and run_options is None:
+            run_options = self._shrink
+            self.shrunk += 1
+        return self._session.run(output_names, input_feed, run_options)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._session, name)
+
+
+def piper_size(feed: Mapping[str, Any]) -> float:
+    """Phonemes times the length scale (``scales[1]``): what a VITS voice's audio grows with."""
+    return float(feed["input"].shape[1] * feed["scales"][1])
+
+
 def onnx_providers(placement: Placement, what: str) -> list[Any]:
     """onnxruntime providers for a placement: CUDA first (CPU for the nodes it lacks), or CPU."""
     import onnxruntime
@@ -161,7 +220,8 @@ class PiperEngine:
         # load: +8 MB with this warm-up (and the memory pattern off), +51 MB with the pattern
         # on, +267 MB with neither; bench.soak checks it across the fleet.
         text = " ".join([_WARM_TEXT] * (1 + self._warm_chars // len(_WARM_TEXT)))
-        self.synthesize(voice, text[: max(1, self._warm_chars - 1)].rstrip() + ".", SynthOptions())
+        with self._voice(voice).session.warming():
+            self.synthesize(voice, text[: max(1, self._warm_chars - 1)].rstrip() + ".", SynthOptions())
 
     def _voice(self, name: str) -> Any:
         with self._lock:  # two first requests must not load the same model twice
@@ -177,7 +237,9 @@ class PiperEngine:
         onnx, config = self._store.piper_voice(name)
         options = session_options(self._threads)
         providers = onnx_providers(self._placement, "Piper")
-        session = onnxruntime.InferenceSession(str(onnx), sess_options=options, providers=providers)
+        session = ArenaBound(
+            onnxruntime.InferenceSession(str(onnx), sess_options=options, providers=providers), piper_size
+        )
         parsed = PiperConfig.from_dict(json.loads(config.read_text(encoding="utf-8")))
         log.info("loaded Piper voice", voice=name, providers=session.get_providers())
         return PiperVoice(session=session, config=parsed)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +27,15 @@ from services.models.store import ModelError, ModelStore
 from services.runtime.audio import float_to_pcm16
 from services.runtime.device import Placement
 from services.runtime.logging import get_logger
-from services.tts.engines import Audio, EngineError, SynthOptions, VoiceSpec, onnx_providers, session_options
+from services.tts.engines import (
+    ArenaBound,
+    Audio,
+    EngineError,
+    SynthOptions,
+    VoiceSpec,
+    onnx_providers,
+    session_options,
+)
 from services.tts.kokoro_text import Phonemizer, token_runs
 
 log = get_logger(__name__)
@@ -79,9 +87,14 @@ def blend_name(parts: Sequence[tuple[str, float]]) -> str:
     return KOKORO_PREFIX + "+".join(f"{name}*{weight:.3g}" for name, weight in parts)
 
 
+def kokoro_size(feed: Mapping[str, Any]) -> float:
+    """Tokens over speed: what Kokoro's audio grows with."""
+    return float(feed["tokens"].shape[1] / max(float(feed["speed"][0]), 1e-3))
+
+
 @dataclass(frozen=True)
 class _Model:
-    session: Any
+    session: ArenaBound
     vocab: dict[str, int]
     styles: dict[str, FloatArray]
     """Style tables, [510, 256] float32 each, row = number of tokens."""
@@ -193,7 +206,8 @@ class KokoroEngine:
         # size ever needed: warming with the longest clause the splitter lets through keeps
         # memory flat while serving (the same reasoning as Piper's warm-up in engines.py).
         text = " ".join([_WARM_TEXT] * (1 + self._warm_chars // len(_WARM_TEXT)))
-        self.synthesize(voice, text[: max(1, self._warm_chars - 1)].rstrip() + ".", SynthOptions())
+        with model.session.warming():
+            self.synthesize(voice, text[: max(1, self._warm_chars - 1)].rstrip() + ".", SynthOptions())
         log.info("loaded Kokoro", voices=len(self._specs), providers=model.session.get_providers())
 
     def _get_model(self) -> _Model:
@@ -209,7 +223,9 @@ class KokoroEngine:
 
         options = session_options(self._threads)
         providers = onnx_providers(self._placement, "Kokoro")
-        session = onnxruntime.InferenceSession(str(self._files.onnx), sess_options=options, providers=providers)
+        session = ArenaBound(
+            onnxruntime.InferenceSession(str(self._files.onnx), sess_options=options, providers=providers), kokoro_size
+        )
         with np.load(self._files.voices) as npz:
             styles = {n: np.asarray(npz[n], dtype=np.float32).reshape(-1, 256) for n in self._style_names}
         return _Model(session, self._vocab, styles)

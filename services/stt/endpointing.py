@@ -208,6 +208,11 @@ class Endpointer:
         self._overruled = True
         if self._on_overrule is not None:
             self._on_overrule()
+        self._recheck_later()
+
+    def _recheck_later(self) -> None:
+        """Judged unfinished: ask the model again after more silence (it then hears that too);
+        with rechecks off, never again (the turn ends at ``max_silence_ms``)."""
         self._next_check = self._silence + self.recheck_windows if self.recheck_windows else -1
 
     def _slice_end(self) -> int:
@@ -328,8 +333,7 @@ class Endpointer:
                 self._holding = True
                 return None
             return self._end("complete")
-        # Unfinished: ask again after more silence (the model then hears it too).
-        self._next_check = self._silence + self.recheck_windows if self.recheck_windows else -1
+        self._recheck_later()
         return None
 
     def _cut(self) -> list[EndpointEvent]:

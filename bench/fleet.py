@@ -48,16 +48,24 @@ class ProcStat:
     """Resident private memory (RssAnon): heaps, arenas, model weights read into memory. What a
     leak grows; file-backed pages (libraries, memory-mapped files) the kernel may drop or keep."""
     fds: int
+    cpu_s: float = 0.0
+    """CPU time the process has used so far, user and system, all its threads."""
 
 
 def proc_stat(pid: int) -> ProcStat:
-    """Resident memory (VmRSS, RssAnon) and open file descriptors of a process, from /proc."""
+    """Resident memory (VmRSS, RssAnon), open file descriptors and CPU time of a process, from /proc."""
     kb = {"VmRSS": 0, "RssAnon": 0}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         key = line.split(":", 1)[0]
         if key in kb:
             kb[key] = int(line.split()[1])
-    return ProcStat(rss_mb=kb["VmRSS"] / 1024, anon_mb=kb["RssAnon"] / 1024, fds=len(os.listdir(f"/proc/{pid}/fd")))
+    # /proc/PID/stat: the command name may hold spaces, so count the fields after its ")";
+    # utime and stime are the 14th and 15th fields, in clock ticks.
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu_s = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return ProcStat(
+        rss_mb=kb["VmRSS"] / 1024, anon_mb=kb["RssAnon"] / 1024, fds=len(os.listdir(f"/proc/{pid}/fd")), cpu_s=cpu_s
+    )
 
 
 def fleet_stats(fleet: Fleet) -> dict[str, ProcStat]:

@@ -22,7 +22,8 @@ of speech, as in ``bench.e2e``) p50/p95/p99 and the server's own figure, the tim
 turn was acknowledged (the first audio heard: on a full machine the orchestrator's spoken
 "one moment", else the answer; the goal is every turn within 3 s), wait notices, turns
 declined and sessions refused, and each service's
-open file descriptors before and after the level (sessions closed). The knee is the first level
+open file descriptors before and after the level (sessions closed), and each service's CPU
+seconds over the level and per completed turn. The knee is the first level
 whose p95 is at least twice level 1's. Each level is recorded in the reliability ledger
 (category "load"; passed = no turn lost).
 """
@@ -163,7 +164,8 @@ async def run_level(
     it in the ledger (``ledger_name``: the record's name; default from the level)."""
     spoken = spoken_questions()
     languages = sorted(spoken, key=lambda lang: lang != "en")  # English first: most questions
-    fds_before = {n: s.fds for n, s in fleet_stats(fleet).items()}
+    stats_before = fleet_stats(fleet)
+    fds_before = {n: s.fds for n, s in stats_before.items()}
     load_before = os.getloadavg()[0]
     channel = grpc.aio.insecure_channel(fleet.target("orchestrator"))
     stub = orchestrator_pb2_grpc.OrchestratorServiceStub(channel)
@@ -188,11 +190,17 @@ async def run_level(
         "fds_before": fds_before,
         "fds_after": {n: s.fds for n, s in stats_after.items()},
         "rss_after_mb": {n: round(s.rss_mb, 1) for n, s in stats_after.items()},
+        # Where the cores went: each service's CPU seconds over the level. Per completed turn,
+        # compared across levels, it shows work added by contention (threads spinning, caches
+        # thrashed) as against more turns served.
+        "cpu_s": {n: round(s.cpu_s - stats_before[n].cpu_s, 1) for n, s in stats_after.items()},
         # The machine's 1-minute load average: other work on shared cores inflates latencies.
         "loadavg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "turn_log": [asdict(t) for t in turns],
     }
     summary["turns_per_minute"] = round(summary["completed"] * 60 / elapsed, 1)
+    summary["cpu_s_per_turn"] = {n: round(cpu / max(1, summary["completed"]), 2) for n, cpu in summary["cpu_s"].items()}
+    summary["cpu_busy_share"] = round(sum(summary["cpu_s"].values()) / (elapsed * (os.cpu_count() or 1)), 2)
     record(
         "load",
         ledger_name or f"{conversations} conversations x {seconds:.0f} s",
@@ -252,7 +260,8 @@ async def run(fleet: Fleet, levels: Sequence[int], seconds: float) -> dict[str, 
             f"p50 {s['time_to_first_audio_p50_s']} p95 {s['time_to_first_audio_p95_s']} "
             f"p99 {s['time_to_first_audio_p99_s']}; acknowledged p95 {s['acknowledged_p95_s']} "
             f"({s['acknowledged_within_3s']}/{s['turns']} within 3 s, {s['wait_notices']} wait notices, "
-            f"{s['declined']} declined, {s['sessions_refused']} sessions refused)",
+            f"{s['declined']} declined, {s['sessions_refused']} sessions refused); "
+            f"CPU per turn {s['cpu_s_per_turn']} s, cores busy {s['cpu_busy_share']:.0%}",
             flush=True,
         )
     k = knee(results)

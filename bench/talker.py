@@ -53,6 +53,8 @@ class TurnResult:
     where it stopped."""
     server_marks: dict[str, float] = field(default_factory=dict)
     """The server's latency marks for the turn (``TurnLatency.marks``): where the time went."""
+    language: str = ""
+    """The conversation's language ("" for a session-level record)."""
 
 
 class SessionEnded(Exception):
@@ -245,7 +247,7 @@ class Talker:
             return turn.done.is_set() or turn.heard is not None
 
         await self.stream.stream_audio(silence(TRAILING_SILENCE_S), until=answered)
-        return await self._await_turn(TurnResult("spoken", name, "lost"), turn, started, ended)
+        return await self._await_turn(TurnResult("spoken", name, "lost", language=self.language), turn, started, ended)
 
     async def type(self, text: str) -> TurnResult:
         """One typed turn; the clock starts when the text is sent."""
@@ -254,4 +256,4 @@ class Talker:
         turn = self._turn = _TurnState()
         started = time.monotonic()
         self.stream.send_text(text)
-        return await self._await_turn(TurnResult("typed", text, "lost"), turn, started, started)
+        return await self._await_turn(TurnResult("typed", text, "lost", language=self.language), turn, started, started)

@@ -111,6 +111,8 @@ class Endpointer:
         self.speculate = semantic or self.pause_windows < self.eos_windows
         self.min_speech_windows = _ms_to_windows(settings.min_speech_ms)
         self.pre_roll_windows = settings.pre_roll_ms * SPEECH_RATE // 1000 // WINDOW
+        self.vad_reset_windows = _ms_to_windows(settings.vad_reset_ms) if settings.vad_reset_ms else 0
+        self._idle_windows = 0  # silent windows in a row between utterances
         self.max_windows = int(settings.max_utterance_seconds * SPEECH_RATE) // WINDOW
         self._residue = np.zeros(0, dtype=np.float32)
         self._samples = 0  # stream samples consumed into whole windows
@@ -357,6 +359,14 @@ class Endpointer:
         return [ended, SpeechStarted(self.utterances, ended.end_sample)]
 
     def _idle(self, w: FloatAudio, prob: float) -> list[EndpointEvent]:
+        self._idle_windows = 0 if prob >= self.threshold else self._idle_windows + 1
+        if self.vad_reset_windows and self._idle_windows >= self.vad_reset_windows:
+            # The next words are judged as at the start of a stream (see vad_reset_ms).
+            # Models without a state (test fakes) have nothing to reset.
+            reset = getattr(self._vad, "reset", None)
+            if reset is not None:
+                reset()
+            self._idle_windows = 0
         if prob >= self.threshold:
             self._candidate.append(w)
             if len(self._candidate) >= self.min_speech_windows:

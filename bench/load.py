@@ -102,9 +102,9 @@ def summarize(turns: Sequence[TurnResult]) -> dict[str, Any]:
     for q in (0.5, 0.95, 0.99):
         out[f"time_to_first_audio_p{round(q * 100)}_s"] = percentile(ttfa, q) if ttfa else None
     out["server_first_audio_p50_s"] = percentile(server, 0.5) if server else None
-    # Per language: the single conversation speaks English
-    # only, while from two conversations on half speak French, whose voice (Kokoro) is slower
-    # even alone; compare a level with level 1 on English too.
+    # Per language: the single conversation speaks English only, while from two conversations
+    # on half speak French, whose voice (Kokoro) is slower even alone; compare a level with
+    # level 1 on English too.
     by_language: dict[str, list[float]] = {}
     for t in turns:
         if t.outcome == "ok" and t.time_to_first_audio_s is not None and t.language:

@@ -29,6 +29,7 @@ from bench.common import REPO
 from services.models.store import ModelStore
 from services.runtime.config import default_model_dir
 from services.runtime.device import Placement
+from services.runtime.onnx import SPINNING
 from services.tts.config import DEFAULT_FRENCH_KOKORO
 from services.tts.engines import Engine, PiperEngine, SynthOptions
 from services.tts.kokoro import KokoroEngine
@@ -42,7 +43,7 @@ def _engines(spin: bool) -> dict[str, Engine]:
 
     def options(threads: int) -> Any:
         o = fleet_options(threads)
-        o.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+        o.add_session_config_entry(SPINNING, "1" if spin else "0")
         return o
 
     store, cpu = ModelStore(default_model_dir()), Placement("cpu", 0, "int8")

@@ -23,6 +23,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from services.models.store import ModelError, ModelStore
 from services.runtime.audio import SPEECH_RATE, FloatAudio
 from services.runtime.logging import get_logger
+from services.runtime.onnx import sleep_between_operators
 
 log = get_logger(__name__)
 
@@ -199,9 +200,7 @@ class SmartTurn:
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
-        # Sleep, not spin, between operators: the STT's decodes and the other services share
-        # the cores (see services.tts.engines.session_options).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        sleep_between_operators(options)  # the STT's decodes and the other services share the cores
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self._session = ort.InferenceSession(str(self.path), sess_options=options, providers=["CPUExecutionProvider"])

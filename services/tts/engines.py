@@ -28,6 +28,7 @@ from services.models.store import ModelStore
 from services.runtime.audio import float_to_pcm16, read_wav_bytes
 from services.runtime.device import DeviceError, Placement
 from services.runtime.logging import get_logger
+from services.runtime.onnx import sleep_between_operators
 
 log = get_logger(__name__)
 
@@ -97,18 +98,13 @@ def session_options(threads: int) -> Any:
     A memory pattern is planned per input shape and each new plan takes fresh arena blocks, so
     with it on the arena keeps growing with the variety of lengths; off, runs reuse the same
     blocks, and just as fast (Piper: 80 random clauses in 21.3-21.4 s off, 21.1-21.5 s on).
-    ``threads`` 0 leaves onnxruntime's default (every core).
-
-    The intra-op threads sleep between operators instead of spinning: the fleet shares its
-    cores, and a spinning thread burns the core another service (or another answer's voice)
-    is waiting for. Measured beside two busy processes on 2 cores (``bench.spinning``, AVX2):
-    Kokoro's first piece 1.74 s instead of 2.15 s, Piper's 0.19 s instead of 0.26 s; alone,
-    Kokoro 0.97 s against 0.95 s and Piper 0.09 s against 0.12 s, with 10-30 % less CPU."""
+    ``threads`` 0 leaves onnxruntime's default (every core). The intra-op threads sleep
+    between operators (``sleep_between_operators``)."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     options.enable_mem_pattern = False
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    sleep_between_operators(options)
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1

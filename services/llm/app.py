@@ -48,6 +48,7 @@ def build_backend(name: str, settings: LlmSettings) -> Backend:
             max_waiting=lc.max_waiting,
             session_snapshots=lc.session_snapshots,
             shift_history=lc.shift_history,
+            sleeping_threads=lc.sleeping_threads,
             session_snapshot_bytes=lc.session_snapshot_mb * 2**20,
         )
     raise ValueError(f"unknown backend {name!r}")

@@ -69,6 +69,11 @@ class LlamaCppSettings(BaseModel):
     cores: four questions at once get their last first token ~0.55x as late, with ~1.4x the
     tokens per second of one context (bench.llm's parallel section); one conversation alone
     is as fast as before. Set the orchestrator's ORCH_ANSWER_SLOTS to the same number."""
+    sleeping_threads: bool = True
+    """llama.cpp's OpenMP threads sleep at barriers instead of spinning (``OMP_WAIT_POLICY=
+    PASSIVE``, set before the library loads unless the environment already sets it): beside
+    two busy processes on two cores, 40 tokens took 5.2 s instead of 76 s; alone ~2 % slower
+    (``services.runtime.openmp``). Off: libgomp's default (spin, then sleep)."""
     max_waiting: int = Field(default=4, ge=0)
     """Requests allowed to wait while every context serves another; more get RESOURCE_EXHAUSTED."""
     shift_history: bool = True

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import os
 import threading
 import time
 from collections.abc import AsyncGenerator, Sequence
@@ -44,6 +45,7 @@ from services.llm.backends.base import BackendError, ChatMessage, Delta, Finish,
 from services.llm.backends.llamacpp_cache import Context, PromptCache, common_prefix, shift_out
 from services.runtime.errors import InvalidArgument, ResourceExhausted
 from services.runtime.logging import get_logger
+from services.runtime.openmp import VARIABLE, sleep_at_barriers
 from services.runtime.streams import Channel, ChannelClosed, EndOfStream, producing
 
 log = get_logger(__name__)
@@ -82,6 +84,7 @@ class LlamaCppBackend:
         session_snapshots: int = 4,
         session_snapshot_bytes: int = 256 * 2**20,
         shift_history: bool = True,
+        sleeping_threads: bool = True,
     ) -> None:
         self.model = model_name
         self.model_path = model_path
@@ -94,6 +97,7 @@ class LlamaCppBackend:
         self.session_snapshots = session_snapshots
         self.session_snapshot_bytes = session_snapshot_bytes
         self.shift_history = shift_history
+        self.sleeping_threads = sleeping_threads
         self.last_run: RunStats | None = None
         self._contexts: list[Context] = []
         self._formatter: Any = None
@@ -115,6 +119,12 @@ class LlamaCppBackend:
     async def load(self) -> None:
         if self._contexts:
             return
+        if self.sleeping_threads and not sleep_at_barriers("llama_cpp"):
+            log.warning(
+                "llama.cpp's threads will spin at barriers, slowing the other services on shared cores",
+                policy=os.environ.get(VARIABLE, "(llama_cpp imported before the policy was set)"),
+                fix=f"unset {VARIABLE}, or set it to PASSIVE",
+            )
         loop = asyncio.get_running_loop()
         for i in range(self.parallel):
             # One worker thread per context: a fixed thread keeps its thread-local state (and

@@ -24,7 +24,8 @@ turn was acknowledged (the first audio heard: on a full machine the orchestrator
 declined and sessions refused, and each service's
 open file descriptors before and after the level (sessions closed), and each service's CPU
 seconds over the level and per completed turn. The knee is the first level
-whose p95 is at least twice level 1's. Each level is recorded in the reliability ledger
+whose p95 is at least twice level 1's; each level's p95 ratio to level 1's comes with a 90 %
+bootstrap interval (``p95_ratio_to_first_level``). Each level is recorded in the reliability ledger
 (category "load"; passed = no turn lost).
 """
 
@@ -36,6 +37,7 @@ import csv
 import json
 import os
 import platform
+import random
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -247,6 +249,42 @@ def knee(levels: Mapping[int, Mapping[str, Any]]) -> int | None:
     return None
 
 
+def p95_ratios(
+    levels: Mapping[int, Mapping[str, Any]], resamples: int = 2000, seed: int = 0
+) -> dict[int, dict[str, Any]]:
+    """Each level's p95 time to first audio over the lowest level's, with a 90 % bootstrap
+    interval: both levels' answered turns resampled with replacement, ``resamples`` times.
+    A single conversation holds 9-20 turns, so its p95 is one of its slowest turns and the
+    ratio moves between runs; the interval says by how much. With 20 turns or fewer the
+    nearest-rank p95 is the slowest turn, which a resample can only match or miss, so the
+    interval leans above the measured ratio: read it as how high the ratio could be."""
+
+    def times(level: Mapping[str, Any]) -> list[float]:
+        return [
+            t["time_to_first_audio_s"]
+            for t in level.get("turn_log", [])
+            if t["outcome"] == "ok" and t["time_to_first_audio_s"] is not None
+        ]
+
+    ordered = sorted(levels)
+    base = times(levels[ordered[0]]) if ordered else []
+    rng = random.Random(seed)
+    out: dict[int, dict[str, Any]] = {}
+    for n in ordered[1:]:
+        level = times(levels[n])
+        if not base or not level:
+            continue
+        ratios = sorted(
+            percentile(rng.choices(level, k=len(level)), 0.95) / percentile(rng.choices(base, k=len(base)), 0.95)
+            for _ in range(resamples)
+        )
+        out[n] = {
+            "ratio": round(percentile(level, 0.95) / percentile(base, 0.95), 2),
+            "interval_90": [round(percentile(ratios, 0.05), 2), round(percentile(ratios, 0.95), 2)],
+        }
+    return out
+
+
 async def warm_up(fleet: Fleet) -> None:
     """One spoken turn through every stage, not measured (first-call costs)."""
     async with grpc.aio.insecure_channel(fleet.target("orchestrator")) as channel:
@@ -276,6 +314,10 @@ async def run(fleet: Fleet, levels: Sequence[int], seconds: float) -> dict[str, 
             flush=True,
         )
     k = knee(results)
+    ratios = p95_ratios(results)
+    for n, r in ratios.items():
+        results[n]["p95_ratio_to_first_level"] = r
+        print(f"p95 at {n} / p95 at {min(levels)}: {r['ratio']} (90 % bootstrap interval {r['interval_90']})")
     return {
         "generated_at": datetime.now(UTC).isoformat(),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},

@@ -655,7 +655,10 @@ async def test_no_token_transcript_or_answer_in_logs_at_default_level(
     heard = [m.transcript.text for m in events(out_spoken, "transcript") if m.transcript.is_final]
     answers = [m.latency.reply_text for m in events(out_typed + out_spoken, "latency")]
     assert code_typed == grpc.StatusCode.OK and code_spoken == grpc.StatusCode.OK
-    assert heard and any(w in heard[0].lower() for w in PHRASE_WORDS), heard
+    # The spoken turn was heard: a rare word of it, or its plain verb (Whisper heard the
+    # synthetic "The quokka plays the xylophone." as "Quacka plays the cell phone." once on
+    # the loaded CI host); the logs are searched for whatever was heard, and the phrase's words.
+    assert heard and any(w in heard[0].lower() for w in (*PHRASE_WORDS, "plays", "play")), heard
     assert len(answers) == 2 and all(a.strip() for a in answers), answers
 
     logs = {p.name: p.read_text(errors="replace") for p in sorted(log_dir.glob("*.log"))}

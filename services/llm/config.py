@@ -71,7 +71,7 @@ class LlamaCppSettings(BaseModel):
     is as fast as before. Set the orchestrator's ORCH_ANSWER_SLOTS to the same number."""
     sleeping_threads: bool = True
     """llama.cpp's OpenMP threads sleep at barriers instead of spinning (``OMP_WAIT_POLICY=
-    PASSIVE``, set before the library loads unless the environment already sets it): beside
+    PASSIVE`` while the library loads, unless the environment already sets a policy): beside
     two busy processes on two cores, 40 tokens took 5.2 s instead of 76 s; alone ~2 % slower
     (``services.runtime.openmp``). Off: libgomp's default (spin, then sleep)."""
     max_waiting: int = Field(default=4, ge=0)

@@ -12,18 +12,34 @@ beside one busy process: 1.92 s spinning, 1.88 s sleeping), so it keeps the defa
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 
 VARIABLE = "OMP_WAIT_POLICY"
 
+_sleeping: set[str] = set()
+"""Libraries this module loaded with sleeping threads."""
 
-def sleep_at_barriers(library: str) -> bool:
-    """Makes the OpenMP threads of ``library`` (a module name) sleep at barriers instead of
-    spinning, unless the operator chose a policy (``OMP_WAIT_POLICY`` set: theirs wins).
-    libgomp reads the variable once, when it loads, so this must run before the first import
-    of ``library``. Returns whether threads sleep: False when the operator chose otherwise,
-    or when ``library`` was imported before without the policy (too late to change)."""
-    if library not in sys.modules:
-        os.environ.setdefault(VARIABLE, "PASSIVE")
-    return os.environ.get(VARIABLE, "").upper() == "PASSIVE"
+
+def load_with_sleeping_threads(library: str) -> bool:
+    """Imports ``library`` (a module name) with its OpenMP threads set to sleep at barriers
+    instead of spinning, unless the operator chose a policy (``OMP_WAIT_POLICY`` set: theirs
+    wins). libgomp reads the variable once, when it loads, so it is in the environment only
+    while the library loads: processes started later, and OpenMP libraries loaded later
+    (CTranslate2 ships its own libgomp), keep their default. Returns whether the library's
+    threads sleep: False when the operator chose otherwise, or when ``library`` was imported
+    before without this (too late to change)."""
+    if library in sys.modules:
+        return library in _sleeping or os.environ.get(VARIABLE, "").upper() == "PASSIVE"
+    chosen = os.environ.get(VARIABLE)
+    if chosen is not None:
+        importlib.import_module(library)
+        return chosen.upper() == "PASSIVE"
+    os.environ[VARIABLE] = "PASSIVE"
+    try:
+        importlib.import_module(library)
+    finally:
+        del os.environ[VARIABLE]
+    _sleeping.add(library)
+    return True

@@ -45,7 +45,7 @@ from services.llm.backends.base import BackendError, ChatMessage, Delta, Finish,
 from services.llm.backends.llamacpp_cache import Context, PromptCache, common_prefix, shift_out
 from services.runtime.errors import InvalidArgument, ResourceExhausted
 from services.runtime.logging import get_logger
-from services.runtime.openmp import VARIABLE, sleep_at_barriers
+from services.runtime.openmp import VARIABLE, load_with_sleeping_threads
 from services.runtime.streams import Channel, ChannelClosed, EndOfStream, producing
 
 log = get_logger(__name__)
@@ -119,7 +119,7 @@ class LlamaCppBackend:
     async def load(self) -> None:
         if self._contexts:
             return
-        if self.sleeping_threads and not sleep_at_barriers("llama_cpp"):
+        if self.sleeping_threads and not load_with_sleeping_threads("llama_cpp"):
             log.warning(
                 "llama.cpp's threads will spin at barriers, slowing the other services on shared cores",
                 policy=os.environ.get(VARIABLE, "(llama_cpp imported before the policy was set)"),

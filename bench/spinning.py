@@ -26,7 +26,7 @@ import statistics
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import services.tts.engines as tts_engines
 import services.tts.kokoro as tts_kokoro
@@ -36,7 +36,7 @@ from services.models.store import ModelStore
 from services.runtime.config import default_model_dir
 from services.runtime.device import Placement
 from services.runtime.onnx import SPINNING
-from services.runtime.openmp import VARIABLE
+from services.runtime.openmp import VARIABLE, load_with_sleeping_threads
 from services.tts.config import DEFAULT_FRENCH_KOKORO
 from services.tts.engines import Engine, PiperEngine, SynthOptions
 from services.tts.kokoro import KokoroEngine
@@ -71,11 +71,12 @@ LLM_PROMPT = "Tell me about the history of Paris in a few sentences."
 LLM_TOKENS = 40
 
 
-def _llm_worker(policy: str, conn: Any) -> None:
-    """A child process: loads the fleet's default model under ``policy`` (empty: libgomp's
-    default) and, on each request, times the first ``LLM_TOKENS`` of the same answer."""
-    if policy:
-        os.environ[VARIABLE] = policy
+def _llm_worker(spin: bool, conn: Any) -> None:
+    """A child process: loads the fleet's default model, with libgomp's default policy
+    (``spin``) or as the fleet loads it, and, on each request, times the first
+    ``LLM_TOKENS`` of the same answer."""
+    if not spin and not load_with_sleeping_threads("llama_cpp"):
+        raise RuntimeError(f"{VARIABLE} is set in the environment: unset it to compare the policies")
     import llama_cpp
 
     path = ModelStore(default_model_dir()).gguf(LlamaCppSettings().model)
@@ -96,14 +97,12 @@ def _llm_worker(policy: str, conn: Any) -> None:
 class _Llms:
     """One child process per wait policy, each holding the model (``_llm_worker``)."""
 
-    POLICIES: ClassVar[dict[bool, str]] = {True: "", False: "PASSIVE"}  # spinning? -> OMP_WAIT_POLICY
-
     def __init__(self) -> None:
         ctx = mp.get_context("spawn")  # a fresh interpreter: libgomp loads under the policy
         self.children = {}
-        for spin, policy in self.POLICIES.items():
+        for spin in (True, False):
             here, there = ctx.Pipe()
-            child = ctx.Process(target=_llm_worker, args=(policy, there), daemon=True)
+            child = ctx.Process(target=_llm_worker, args=(spin, there), daemon=True)
             child.start()
             self.children[spin] = (child, here)
         for _, here in self.children.values():

@@ -12,6 +12,12 @@ once of a backend with one context, then with two (two answered at once over the
 weights): each turn's time to first token from its submission, the time until every answer
 is done, and the tokens per second of all of them together, with the ratio to one context.
 
+A question asked while another answer is being written (``--late-rounds 3``): a long answer
+runs, and once it has written 20 tokens a question comes in on the other context; with the
+first tokens first (``llamacpp.first_tokens``, the default) and without it, taking turns round
+after round. For the newcomer, the time to its first token and to its sixth (about four words,
+what the first spoken piece needs) and to its end; for the long answer, the time to its end.
+
 A long conversation (``--long-turns 12 --long-window 8``): one session of that many turns whose
 history keeps the last ``--long-window`` exchanges, as the service's ``sessions.max_turns``
 does, asked twice: with the KV cache shifted when the oldest exchange falls out of the window
@@ -41,7 +47,7 @@ from typing import Any
 
 from services.llm.backends.base import ChatMessage, Delta, Finish, GenerationParams
 from services.llm.backends.llamacpp import LlamaCppBackend
-from services.llm.config import DEFAULT_SYSTEM_PROMPTS
+from services.llm.config import DEFAULT_SYSTEM_PROMPTS, LlamaCppSettings
 from services.models.store import ModelStore
 from services.runtime.config import default_model_dir
 
@@ -275,6 +281,73 @@ async def bench_parallel(
     return out
 
 
+LATE_LONG = "Tell me a long story about a dragon who learns to sing."
+LATE_FIRST_PIECE = 6
+"""Tokens of the newcomer's first spoken piece (about four words)."""
+
+
+async def bench_late_question(store: ModelStore, name: str, threads: int, rounds: int) -> dict[str, Any]:
+    """A question arriving while another answer is being written, with and without the first
+    tokens first (module docstring)."""
+    settings = {"first_tokens_first": LlamaCppSettings().first_tokens, "off": 0}
+    backends = {
+        key: LlamaCppBackend(store.gguf(name), name, n_ctx=2048, n_threads=threads, parallel=2, first_tokens=ft)
+        for key, ft in settings.items()
+    }
+    samples: dict[str, list[dict[str, float]]] = {}
+
+    async def answer(
+        backend: LlamaCppBackend,
+        question: str,
+        language: str,
+        key: str,
+        tokens: int,
+        marks: dict[str, float],
+        prefix: str,
+        started: asyncio.Event | None,
+    ) -> None:
+        messages = [ChatMessage("system", DEFAULT_SYSTEM_PROMPTS[language]), ChatMessage("user", question)]
+        began, count = time.perf_counter(), 0
+        async for item in backend.stream(messages, GenerationParams(tokens, 0.0, language, key)):
+            if isinstance(item, Delta):
+                count += 1
+                if count == 1:
+                    marks[f"{prefix}_first_token_seconds"] = time.perf_counter() - began
+                if count == LATE_FIRST_PIECE:
+                    marks[f"{prefix}_first_piece_seconds"] = time.perf_counter() - began
+                if started is not None and count == 20:
+                    started.set()
+        marks[f"{prefix}_done_seconds"] = time.perf_counter() - began
+
+    try:
+        for backend in backends.values():
+            await backend.load()
+            await generate(backend, [ChatMessage("user", "Hello")], "en", 4)  # page faults, untimed
+            await backend.prime(list(DEFAULT_SYSTEM_PROMPTS.values()))
+        for r in range(rounds):
+            for i, (language, question, _) in enumerate(QUESTIONS):
+                for key, backend in backends.items():
+                    marks: dict[str, float] = {}
+                    going = asyncio.Event()
+                    long = asyncio.create_task(
+                        answer(backend, LATE_LONG, "en", f"long-{r}-{i}", 80, marks, "long", going)
+                    )
+                    await going.wait()
+                    await answer(backend, question, language, f"late-{r}-{i}", 40, marks, "late", None)
+                    await long
+                    samples.setdefault(key, []).append(marks)
+    finally:
+        for backend in backends.values():
+            await backend.close()
+    out: dict[str, Any] = {
+        key: {m: round(statistics.median(s[m] for s in runs if m in s), 3) for m in runs[0]}
+        for key, runs in samples.items()
+    }
+    on, off = out["first_tokens_first"], out["off"]
+    on["vs_off"] = {m: round(on[m] / off[m], 2) for m in off if off[m]}
+    return out
+
+
 async def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m bench.llm", description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=MODELS)
@@ -287,6 +360,7 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--parallel-rounds", type=int, default=3)
     parser.add_argument("--parallel-model", default="qwen2.5-coder-1.5b-instruct-q4_k_m")
     parser.add_argument("--skip-single", action="store_true", help="only the parallel comparison")
+    parser.add_argument("--late-rounds", type=int, default=3, help="rounds of the late question (0 to skip)")
     parser.add_argument("--long-turns", type=int, default=12, help="turns of the long conversation (0 to skip)")
     parser.add_argument("--long-window", type=int, default=8, help="exchanges its history keeps")
     args = parser.parse_args(argv)
@@ -337,6 +411,12 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
         for key, m in report["parallel"].items():
             if isinstance(m, dict):
                 print(f"  {key}: {m}", flush=True)
+    if args.late_rounds:
+        print(f"a question while another answer is written, on {args.parallel_model}…", flush=True)
+        late = await bench_late_question(store, args.parallel_model, args.threads[0], args.late_rounds)
+        report["late_question"] = {"model": args.parallel_model, "rounds": args.late_rounds, **late}
+        for key, m in late.items():
+            print(f"  {key}: {m}", flush=True)
     if args.long_turns > args.long_window + 1:
         print(f"long conversation on {args.parallel_model}: {args.long_turns} turns, window {args.long_window}…")
         long = await bench_sliding(

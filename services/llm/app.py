@@ -49,6 +49,8 @@ def build_backend(name: str, settings: LlmSettings) -> Backend:
             session_snapshots=lc.session_snapshots,
             shift_history=lc.shift_history,
             sleeping_threads=lc.sleeping_threads,
+            first_tokens=lc.first_tokens,
+            first_tokens_max_pause=lc.first_tokens_max_pause,
             session_snapshot_bytes=lc.session_snapshot_mb * 2**20,
         )
     raise ValueError(f"unknown backend {name!r}")

@@ -74,6 +74,15 @@ class LlamaCppSettings(BaseModel):
     PASSIVE`` while the library loads, unless the environment already sets a policy): beside
     two busy processes on two cores, 40 tokens took 5.2 s instead of 76 s; alone ~2 % slower
     (``services.runtime.openmp``). Off: libgomp's default (spin, then sleep)."""
+    first_tokens: int = Field(default=12, ge=0)
+    """Tokens of an answer written before other answers' later tokens: while one parallel
+    answer reads its prompt or writes its first ``first_tokens``, the others past theirs step
+    aside between two tokens and it takes their threads (a person waits in silence for those
+    first words; the later ones have the time the first take to play). 0: no order, every
+    answer shares the cores equally."""
+    first_tokens_max_pause: float = Field(default=1.0, ge=0)
+    """Seconds an answer may step aside in all, so that its own later words never fall far
+    behind their speech."""
     max_waiting: int = Field(default=4, ge=0)
     """Requests allowed to wait while every context serves another; more get RESOURCE_EXHAUSTED."""
     shift_history: bool = True

@@ -34,3 +34,8 @@ FALLBACKS = Counter(
     ["backend", "reason"],
 )
 WAITING = Gauge("parole_llm_requests_in_flight", "Generate calls in progress (running or waiting).")
+STEPPED_ASIDE = Histogram(
+    "parole_llm_stepped_aside_seconds",
+    "Seconds an embedded-model answer paused for other answers' first tokens (0 for most).",
+    buckets=(0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3),
+)

@@ -256,6 +256,58 @@ async def test_two_contexts_answer_two_conversations_at_once_and_keep_their_cach
         await backend.close()
 
 
+@pytest.mark.parametrize("first_tokens", [12, 0], ids=["first-tokens-first", "off"])
+async def test_a_new_answer_writes_its_first_tokens_while_the_older_one_steps_aside(
+    model_store: ModelStore, first_tokens: int
+) -> None:
+    """Two answers at once: the one already past its first tokens writes nothing while the
+    newcomer writes its own, then goes on (off: both write side by side)."""
+    backend = LlamaCppBackend(
+        model_store.gguf(SMOL),
+        SMOL,
+        n_ctx=2048,
+        n_threads=1,
+        parallel=2,
+        first_tokens=first_tokens,
+        first_tokens_max_pause=60.0,
+    )
+    await backend.load()
+    system = ChatMessage("system", "You are brief.")
+    heard: dict[str, list[float]] = {"A": [], "B": []}
+    grew = asyncio.Event()
+
+    async def listen(key: str, count: int) -> None:
+        params = GenerationParams(count, 0.0, "en", key)
+        async for item in backend.stream([system, ChatMessage("user", LONG)], params):
+            if isinstance(item, Delta):
+                heard[key].append(time.monotonic())
+                grew.set()
+
+    async def until_heard(key: str, pieces: int) -> None:
+        async with asyncio.timeout(60):
+            while len(heard[key]) < pieces:
+                grew.clear()
+                await grew.wait()
+
+    older = asyncio.create_task(listen("A", 400))
+    try:
+        await until_heard("A", 20)  # well past its first tokens
+        await asyncio.wait_for(listen("B", 30), timeout=60)
+        # The window in which the newcomer wrote its tokens 1 to 8 (a piece is at most a token).
+        start, end = heard["B"][0], heard["B"][7]
+        during = sum(start < t < end for t in heard["A"])
+        if first_tokens:
+            assert during <= 1, f"the older answer wrote {during} pieces during the new one's first tokens"
+            await until_heard("A", len(heard["A"]) + 5)  # ...and goes on afterwards
+        else:
+            assert during >= 3, f"without the order both should write, the older wrote {during}"
+    finally:
+        older.cancel()
+        await asyncio.gather(older, return_exceptions=True)
+        await wait_idle(backend, within=30.0)
+        await backend.close()
+
+
 def test_the_dropped_block_of_a_slid_history_is_found() -> None:
     system, first, second, third, tail = [1, 2, 3], [10] * 20, list(range(20, 60)), list(range(60, 90)), [7, 8]
     cached = system + first + second + third + tail  # the last answer as generated

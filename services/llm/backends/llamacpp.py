@@ -15,6 +15,11 @@ memory bandwidth, which they share), but the second conversation's first token c
 its own prompt, not after the whole first answer. A conversation goes back to the context
 that holds its cache when that one is free.
 
+First tokens first: while one answer reads its prompt or writes its first tokens, the others,
+past theirs, step aside between two tokens (``scheduling``): someone is waiting in silence for
+those first words, and the later words of the others have the time their first ones take to
+play.
+
 Threads: llama.cpp calls block, so each generation runs in its context's worker thread. A
 context is not re-entrant: it is taken by one generation at a time, a bounded number wait
 for one, and it is given back only when the worker thread has really finished, so a
@@ -43,6 +48,8 @@ from typing import Any
 
 from services.llm.backends.base import BackendError, ChatMessage, Delta, Finish, GenerationParams
 from services.llm.backends.llamacpp_cache import Context, PromptCache, common_prefix, shift_out
+from services.llm.backends.scheduling import FirstTokensFirst, Run
+from services.llm.metrics import STEPPED_ASIDE
 from services.runtime.errors import InvalidArgument, ResourceExhausted
 from services.runtime.logging import get_logger
 from services.runtime.openmp import VARIABLE, load_with_sleeping_threads
@@ -62,6 +69,8 @@ class RunStats:
     restored_snapshot: bool = False
     shifted_tokens: int = 0
     """Tokens of dropped history taken out of the cache (``shift_out``) instead of rereading."""
+    paused_seconds: float = 0.0
+    """Time it stepped aside for other answers' first tokens (``scheduling``)."""
     seconds: float = 0.0
 
 
@@ -85,6 +94,8 @@ class LlamaCppBackend:
         session_snapshot_bytes: int = 256 * 2**20,
         shift_history: bool = True,
         sleeping_threads: bool = True,
+        first_tokens: int = 12,
+        first_tokens_max_pause: float = 1.0,
     ) -> None:
         self.model = model_name
         self.model_path = model_path
@@ -104,7 +115,9 @@ class LlamaCppBackend:
         self._waiting = 0
         self._freed = asyncio.Event()
         """Set when a context is given back (waiting generations look again)."""
-        self._running = 0
+        # Parallel generations: their first tokens before the others' later ones, and each
+        # one's share of the threads (``scheduling``).
+        self._order = FirstTokensFirst(first_tokens, first_tokens_max_pause)
         # Session snapshots and primes are shared by the contexts (a state saved by one loads
         # into any other: same model, same size), and touched by their threads.
         self._shared = threading.Lock()
@@ -171,7 +184,7 @@ class LlamaCppBackend:
     @property
     def running(self) -> bool:
         """True while a worker thread is generating."""
-        return self._running > 0
+        return self._order.active > 0
 
     @property
     def snapshot_bytes(self) -> int:
@@ -309,19 +322,20 @@ class LlamaCppBackend:
     def _run(
         self, c: Context, messages: list[ChatMessage], params: GenerationParams, out: Channel[Delta | Finish]
     ) -> None:
-        with self._shared:
-            self._running += 1
+        run = self._order.begin()
         stats = RunStats()
         self.last_run = stats  # filled in as it goes; final once ``running`` is False
         started = time.perf_counter()
         try:
-            self._generate(c, messages, params, out, stats)
+            self._generate(c, messages, params, out, stats, run)
         except ChannelClosed:  # the caller left (or the loop closed) as a piece was handed over
             stats.cancelled = True
         finally:
             stats.seconds = time.perf_counter() - started
-            with self._shared:
-                self._running -= 1
+            stats.paused_seconds = run.paused_seconds
+            self._order.end(run)
+            if run.pauses:
+                STEPPED_ASIDE.observe(run.paused_seconds)
 
     def _generate(
         self,
@@ -330,6 +344,7 @@ class LlamaCppBackend:
         params: GenerationParams,
         out: Channel[Delta | Finish],
         stats: RunStats,
+        run: Run,
     ) -> None:
         import llama_cpp
 
@@ -351,7 +366,7 @@ class LlamaCppBackend:
         vocab = llm._model.vocab
         ctx = llm._ctx.ctx
         llama_cpp.llama_perf_context_reset(ctx)
-        threads = self._share_cores(ctx, 0)
+        threads = self._share_cores(ctx, run, 0)
         first = True
         reason: str = "length"
         for token in llm.generate(tokens, temp=params.temperature, top_p=0.95, top_k=40, repeat_penalty=1.1):
@@ -365,7 +380,6 @@ class LlamaCppBackend:
             if out.abandoned:  # the caller left
                 stats.cancelled = True
                 return
-            threads = self._share_cores(ctx, threads)
             if llama_cpp.llama_vocab_is_eog(vocab, token):
                 reason = "stop"
                 break
@@ -375,6 +389,13 @@ class LlamaCppBackend:
                 out.send_threadsafe(Delta(piece))
             if stats.completion_tokens >= params.max_tokens:
                 break
+            # The token is out; before the next one, a tail steps aside for another answer's
+            # first tokens, then takes its share of the threads as they are now.
+            self._order.after_token(run, stats.completion_tokens)
+            if out.abandoned:
+                stats.cancelled = True
+                return
+            threads = self._share_cores(ctx, run, threads)
         tail = decoder.decode(b"", final=True)
         if tail:
             out.send_threadsafe(Delta(tail))
@@ -387,13 +408,14 @@ class LlamaCppBackend:
             )
         )
 
-    def _share_cores(self, ctx: Any, threads: int) -> int:
+    def _share_cores(self, ctx: Any, run: Run, threads: int) -> int:
         """The threads this context should use now: all of ``n_threads`` alone, an equal share
         while other contexts generate too (their threads would otherwise outnumber the cores
-        and spin against each other, and against the speech services). Returns the count set."""
+        and spin against each other, and against the speech services), an answer's first
+        tokens sharing only with other first tokens. Returns the count set."""
         import llama_cpp
 
-        want = max(1, self.n_threads // max(1, self._running))
+        want = self._order.threads(run, self.n_threads)
         if want != threads:
             llama_cpp.llama_set_n_threads(ctx, want, want)
         return want

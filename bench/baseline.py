@@ -105,6 +105,10 @@ async def floor(
                 first_piece_at = time.monotonic() - t
                 call.cancel()
                 break
+    else:
+        # The answer ended with its first piece ("Il est midi."): the piece was complete then.
+        if text:
+            first_piece_at = time.monotonic() - t
     t = time.monotonic()
     tts_first = float("nan")
     async for _ in tts.SynthesizeStream(

@@ -40,6 +40,7 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -223,6 +224,15 @@ async def first_turn(backend: LlamaCppBackend, i: int, began: float, key: str, m
     return first, tokens
 
 
+async def warm(backends: Iterable[LlamaCppBackend]) -> None:
+    """Loads each backend, runs it once untimed (page faults) and primes the system prompts,
+    so the rounds that follow measure the same thing from the first."""
+    for backend in backends:
+        await backend.load()
+        await generate(backend, [ChatMessage("user", "Hello")], "en", 4)
+        await backend.prime(list(DEFAULT_SYSTEM_PROMPTS.values()))
+
+
 async def bench_parallel(
     store: ModelStore,
     name: str,
@@ -242,10 +252,7 @@ async def bench_parallel(
     }
     samples: dict[str, list[dict[str, float]]] = {}
     try:
-        for backend in backends.values():
-            await backend.load()
-            await generate(backend, [ChatMessage("user", "Hello")], "en", 4)  # page faults, untimed
-            await backend.prime(list(DEFAULT_SYSTEM_PROMPTS.values()))
+        await warm(backends.values())
         for r in range(rounds):
             for n in conversations:
                 for parallel, backend in backends.items():
@@ -320,10 +327,7 @@ async def bench_late_question(store: ModelStore, name: str, threads: int, rounds
         marks[f"{prefix}_done_seconds"] = time.perf_counter() - began
 
     try:
-        for backend in backends.values():
-            await backend.load()
-            await generate(backend, [ChatMessage("user", "Hello")], "en", 4)  # page faults, untimed
-            await backend.prime(list(DEFAULT_SYSTEM_PROMPTS.values()))
+        await warm(backends.values())
         for r in range(rounds):
             for i, (language, question, _) in enumerate(QUESTIONS):
                 for key, backend in backends.items():

@@ -7,7 +7,9 @@ Each conversation is one ``Converse`` stream that behaves like a hands-free clie
 question (a real recording streamed at real-time pace, then silence so the server hears the end
 of speech), reports playback STARTED on the first answer audio and FINISHED once the answer has
 played (its audio duration after the first chunk), waits for the microphone gate to reopen, and
-asks the next question, until the level's time is up. No turn starts after the deadline; the
+asks the next question, until the level's time is up. From two conversations on, half speak
+French and half English; a single conversation speaks each language in turn, the level's time
+each, so every level has the same mix of voices. No turn starts after the deadline; the
 turns in flight finish (or time out) before the level ends, so every turn is accounted for.
 
 Every turn ends in exactly one way:
@@ -104,9 +106,8 @@ def summarize(turns: Sequence[TurnResult]) -> dict[str, Any]:
     for q in (0.5, 0.95, 0.99):
         out[f"time_to_first_audio_p{round(q * 100)}_s"] = percentile(ttfa, q) if ttfa else None
     out["server_first_audio_p50_s"] = percentile(server, 0.5) if server else None
-    # Per language: the single conversation speaks English only, while from two conversations
-    # on half speak French, whose voice (Kokoro) is slower even alone; compare a level with
-    # level 1 on English too.
+    # Per language: French answers are slower even alone (Kokoro), so each language's figures
+    # are compared with the same language's at level 1 too.
     by_language: dict[str, list[float]] = {}
     for t in turns:
         if t.outcome == "ok" and t.time_to_first_audio_s is not None and t.language:
@@ -185,12 +186,19 @@ async def run_level(
     turns: list[TurnResult] = []
     t0 = time.monotonic()
     deadline = t0 + seconds
-    tasks = []
-    for i in range(conversations):
-        lang = languages[i % len(languages)]
-        tasks.append(asyncio.create_task(_conversation(stub, lang, spoken[lang], deadline, i, turns, turn_timeout)))
-        await asyncio.sleep(min(1.0, 3.0 / conversations))  # staggered, not in lockstep
-    await asyncio.gather(*tasks)
+    if conversations == 1:
+        # Alone, the conversation speaks each language in turn, ``seconds`` each: the levels
+        # above speak both languages half and half, and French answers are slower even alone
+        # (Kokoro), so a level compared with an English-only one would count the voice as load.
+        for lang in languages:
+            await _conversation(stub, lang, spoken[lang], time.monotonic() + seconds, 0, turns, turn_timeout)
+    else:
+        tasks = []
+        for i in range(conversations):
+            lang = languages[i % len(languages)]
+            tasks.append(asyncio.create_task(_conversation(stub, lang, spoken[lang], deadline, i, turns, turn_timeout)))
+            await asyncio.sleep(min(1.0, 3.0 / conversations))  # staggered, not in lockstep
+        await asyncio.gather(*tasks)
     elapsed = time.monotonic() - t0
     await channel.close()
     await asyncio.sleep(1.0)  # let the services release the sessions' streams
@@ -259,29 +267,41 @@ def p95_ratios(
     nearest-rank p95 is the slowest turn, which a resample can only match or miss, so the
     interval leans above the measured ratio: read it as how high the ratio could be."""
 
-    def times(level: Mapping[str, Any]) -> list[float]:
+    def times(level: Mapping[str, Any], language: str | None = None) -> list[float]:
         return [
             t["time_to_first_audio_s"]
             for t in level.get("turn_log", [])
-            if t["outcome"] == "ok" and t["time_to_first_audio_s"] is not None
+            if t["outcome"] == "ok"
+            and t["time_to_first_audio_s"] is not None
+            and (language is None or t.get("language") == language)
         ]
 
-    ordered = sorted(levels)
-    base = times(levels[ordered[0]]) if ordered else []
-    rng = random.Random(seed)
-    out: dict[int, dict[str, Any]] = {}
-    for n in ordered[1:]:
-        level = times(levels[n])
-        if not base or not level:
-            continue
+    def ratio(level: list[float], base: list[float]) -> dict[str, Any]:
         ratios = sorted(
             percentile(rng.choices(level, k=len(level)), 0.95) / percentile(rng.choices(base, k=len(base)), 0.95)
             for _ in range(resamples)
         )
-        out[n] = {
+        return {
             "ratio": round(percentile(level, 0.95) / percentile(base, 0.95), 2),
             "interval_90": [round(percentile(ratios, 0.05), 2), round(percentile(ratios, 0.95), 2)],
         }
+
+    ordered = sorted(levels)
+    first = levels[ordered[0]] if ordered else {}
+    languages = sorted({t.get("language") for t in first.get("turn_log", []) if t.get("language")})
+    rng = random.Random(seed)
+    out: dict[int, dict[str, Any]] = {}
+    for n in ordered[1:]:
+        level, base = times(levels[n]), times(first)
+        if not base or not level:
+            continue
+        out[n] = ratio(level, base)
+        by_language = {}
+        for lang in languages:
+            level, base = times(levels[n], lang), times(first, lang)
+            if level and base:
+                by_language[lang] = ratio(level, base)
+        out[n]["by_language"] = by_language
     return out
 
 
@@ -317,7 +337,8 @@ async def run(fleet: Fleet, levels: Sequence[int], seconds: float) -> dict[str, 
     ratios = p95_ratios(results)
     for n, r in ratios.items():
         results[n]["p95_ratio_to_first_level"] = r
-        print(f"p95 at {n} / p95 at {min(levels)}: {r['ratio']} (90 % bootstrap interval {r['interval_90']})")
+        langs = ", ".join(f"{lang} {x['ratio']} {x['interval_90']}" for lang, x in r["by_language"].items())
+        print(f"p95 at {n} / p95 at {min(levels)}: {r['ratio']} (90 % bootstrap interval {r['interval_90']}; {langs})")
     return {
         "generated_at": datetime.now(UTC).isoformat(),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},

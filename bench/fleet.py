@@ -3,14 +3,19 @@
 ``fleet(changes)`` is the production fleet (``services.fleet``: four processes, CPU, offline
 defaults) with the result caches off and a configuration's changes merged in; ``bench.e2e``
 runs one per configuration of its ablation, ``bench.load`` and ``bench.soak`` the defaults.
-``fleet_stats`` reads each service's memory and open file descriptors from /proc.
+``fleet_stats`` reads each service's memory and open file descriptors from /proc;
+``fleet_counters`` reads chosen counters from each service's Prometheus endpoint.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from services.fleet import Fleet
 
@@ -71,3 +76,34 @@ def proc_stat(pid: int) -> ProcStat:
 def fleet_stats(fleet: Fleet) -> dict[str, ProcStat]:
     """``proc_stat`` of every service of the fleet, by name."""
     return {name: proc_stat(child.process.pid) for name, child in fleet.children.items()}
+
+
+def fleet_counters(fleet: Fleet, wanted: Mapping[str, Sequence[str]]) -> dict[str, float]:
+    """Counters and histogram totals of the fleet's services, by service name and the families
+    to read (counters without ``_total``): ``{"llm parole_llm_tokens_total{kind=completion}":
+    123.0, "stt parole_stt_decode_seconds_sum{engine=base,kind=final}": 4.2, ...}``, one key
+    per labelled series (a histogram gives its ``_count`` and ``_sum``). A service without a metrics port, or one not answering, reads
+    as nothing (the bench goes on; its report then lacks those keys)."""
+    out: dict[str, float] = {}
+    for spec in fleet.specs:
+        families = wanted.get(spec.name)
+        if not families or not spec.metrics_port:
+            continue
+        try:
+            text = httpx.get(f"http://127.0.0.1:{spec.metrics_port}/metrics", timeout=10).text
+        except httpx.HTTPError:
+            continue
+        for family in text_string_to_metric_families(text):
+            if family.name not in families:
+                continue
+            for sample in family.samples:
+                if sample.name.endswith(("_total", "_count", "_sum")):
+                    labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+                    out[f"{spec.name} {sample.name}{{{labels}}}"] = sample.value
+    return out
+
+
+def counter_deltas(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
+    """What each counter grew by between two ``fleet_counters`` reads (a series first seen in
+    ``after`` grew from 0)."""
+    return {k: v - before.get(k, 0.0) for k, v in after.items() if v - before.get(k, 0.0)}

@@ -25,7 +25,9 @@ turn was acknowledged (the first audio heard: on a full machine the orchestrator
 "one moment", else the answer; the goal is every turn within 3 s), wait notices, turns
 declined and sessions refused, and each service's
 open file descriptors before and after the level (sessions closed), and each service's CPU
-seconds over the level and per completed turn. The knee is the first level
+seconds over the level and per completed turn, and what that CPU did, from the services' own
+counters (``work_per_turn``: the LLM's tokens read and written, speech decodes, speculative
+answers withdrawn, synthesis time by voice). The knee is the first level
 whose p95 is at least twice level 1's; each level's p95 ratio to level 1's comes with a 90 %
 bootstrap interval (``p95_ratio_to_first_level``). Each level is recorded in the reliability ledger
 (category "load"; passed = no turn lost).
@@ -51,8 +53,8 @@ from typing import Any
 import grpc
 
 from bench.common import DEMO, REPO, percentile, questions
+from bench.fleet import counter_deltas, fleet_counters, fleet_stats
 from bench.fleet import fleet as production_fleet
-from bench.fleet import fleet_stats
 from bench.talker import SessionEnded, Talker, TurnResult
 from parole.orchestrator.v1 import orchestrator_pb2_grpc
 from services.fleet import Fleet
@@ -86,6 +88,42 @@ def spoken_questions() -> dict[str, list[tuple[str, Pcm]]]:
 # ---------------------------------------------------------------------------- a level
 ACK_BUDGET_S = 3.0
 """Every turn must be acknowledged (answer or spoken wait notice) within this (issue 18)."""
+WORK_COUNTERS = {
+    "stt": ("parole_stt_decode_seconds", "parole_stt_speculative_decodes"),
+    "llm": ("parole_llm_tokens", "parole_llm_generations"),
+    "tts": ("parole_tts_synthesis_seconds", "parole_tts_characters"),
+    "orchestrator": ("parole_speculative_turns", "parole_turns"),
+}
+"""The services' counters read before and after each level (``work``, ``work_per_turn``)."""
+
+
+def work_line(per_turn: Mapping[str, float]) -> str:
+    """The level's work per turn in a line: the LLM's tokens read and written, speech decodes,
+    speculative answers, synthesis time by voice engine."""
+
+    def total(service: str, family: str, **labels: str) -> float:
+        return sum(
+            v
+            for k, v in per_turn.items()
+            if k.startswith(f"{service} {family}{{")
+            and all(f"{n}={x}" in k[k.index("{") + 1 : -1].split(",") for n, x in labels.items())
+        )
+
+    synth = ", ".join(
+        f"{k.split('engine=')[1].split(',')[0].rstrip('}')} {v:.2f} s"
+        for k, v in per_turn.items()
+        if k.startswith("tts parole_tts_synthesis_seconds_sum")
+    )
+    return (
+        f"LLM tokens read {total('llm', 'parole_llm_tokens_total', kind='prompt_evaluated'):.1f}"
+        f" (of {total('llm', 'parole_llm_tokens_total', kind='prompt'):.0f} in the prompt),"
+        f" written {total('llm', 'parole_llm_tokens_total', kind='completion'):.1f};"
+        f" generations {total('llm', 'parole_llm_generations_total'):.2f};"
+        f" speech decodes {total('stt', 'parole_stt_decode_seconds_count'):.2f}"
+        f" ({total('stt', 'parole_stt_decode_seconds_sum'):.2f} s);"
+        f" speculative answers withdrawn {total('orchestrator', 'parole_speculative_turns_total', outcome='withdrawn'):.2f};"
+        f" synthesis {synth or 'none'}"
+    )
 
 
 def summarize(turns: Sequence[TurnResult]) -> dict[str, Any]:
@@ -179,6 +217,7 @@ async def run_level(
     spoken = spoken_questions()
     languages = sorted(spoken, key=lambda lang: lang != "en")  # English first: most questions
     stats_before = fleet_stats(fleet)
+    counters_before = fleet_counters(fleet, WORK_COUNTERS)
     fds_before = {n: s.fds for n, s in stats_before.items()}
     load_before = os.getloadavg()[0]
     channel = grpc.aio.insecure_channel(fleet.target("orchestrator"))
@@ -203,6 +242,7 @@ async def run_level(
     await channel.close()
     await asyncio.sleep(1.0)  # let the services release the sessions' streams
     stats_after = fleet_stats(fleet)
+    work = counter_deltas(counters_before, fleet_counters(fleet, WORK_COUNTERS))
     summary = {
         "conversations": conversations,
         "seconds": seconds,
@@ -215,12 +255,17 @@ async def run_level(
         # compared across levels, it shows work added by contention (threads spinning, caches
         # thrashed) as against more turns served.
         "cpu_s": {n: round(s.cpu_s - stats_before[n].cpu_s, 1) for n, s in stats_after.items()},
+        # What that CPU did: the services' own counters over the level (tokens read and
+        # written, decodes by kind, speculative answers kept or withdrawn, pieces synthesized),
+        # in all and per completed turn.
+        "work": {k: round(v, 2) for k, v in sorted(work.items())},
         # The machine's 1-minute load average: other work on shared cores inflates latencies.
         "loadavg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "turn_log": [asdict(t) for t in turns],
     }
     summary["turns_per_minute"] = round(summary["completed"] * 60 / elapsed, 1)
     summary["cpu_s_per_turn"] = {n: round(cpu / max(1, summary["completed"]), 2) for n, cpu in summary["cpu_s"].items()}
+    summary["work_per_turn"] = {k: round(v / max(1, summary["completed"]), 2) for k, v in sorted(work.items())}
     summary["cpu_busy_share"] = round(sum(summary["cpu_s"].values()) / (elapsed * (os.cpu_count() or 1)), 2)
     record(
         "load",
@@ -333,6 +378,7 @@ async def run(fleet: Fleet, levels: Sequence[int], seconds: float) -> dict[str, 
             f"CPU per turn {s['cpu_s_per_turn']} s, cores busy {s['cpu_busy_share']:.0%}",
             flush=True,
         )
+        print(f"      work per turn: {work_line(s['work_per_turn'])}", flush=True)
     k = knee(results)
     ratios = p95_ratios(results)
     for n, r in ratios.items():

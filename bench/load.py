@@ -53,7 +53,7 @@ from typing import Any
 import grpc
 
 from bench.common import DEMO, REPO, percentile, questions
-from bench.fleet import counter_deltas, fleet_counters, fleet_stats
+from bench.fleet import ProcStat, counter_deltas, fleet_counters, fleet_stats
 from bench.fleet import fleet as production_fleet
 from bench.talker import SessionEnded, Talker, TurnResult
 from parole.orchestrator.v1 import orchestrator_pb2_grpc
@@ -204,6 +204,19 @@ async def _conversation(
             await talker.close()
 
 
+async def settled_stats(fleet: Fleet, fds_before: Mapping[str, int], timeout: float = 15.0) -> dict[str, ProcStat]:
+    """The services' stats once each holds no more descriptors than before the level, or at
+    ``timeout``. A service closes a finished session's sockets when it reads their end, which
+    on a loaded machine can take more than a second; a descriptor still open at the timeout is
+    kept, and shows in ``fds_after``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = fleet_stats(fleet)
+        if all(s.fds <= fds_before.get(n, s.fds) for n, s in stats.items()) or time.monotonic() >= deadline:
+            return stats
+        await asyncio.sleep(0.1)
+
+
 async def run_level(
     fleet: Fleet,
     conversations: int,
@@ -240,8 +253,7 @@ async def run_level(
         await asyncio.gather(*tasks)
     elapsed = time.monotonic() - t0
     await channel.close()
-    await asyncio.sleep(1.0)  # let the services release the sessions' streams
-    stats_after = fleet_stats(fleet)
+    stats_after = await settled_stats(fleet, fds_before)
     work = counter_deltas(counters_before, fleet_counters(fleet, WORK_COUNTERS))
     summary = {
         "conversations": conversations,

@@ -3,6 +3,8 @@ scraped from a real Prometheus endpoint, as the fleet's services serve them."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -10,8 +12,8 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
-from bench.fleet import counter_deltas, fleet_counters
-from bench.load import work_line
+from bench.fleet import counter_deltas, fleet_counters, fleet_stats
+from bench.load import settled_stats, work_line
 
 
 @pytest.fixture
@@ -74,3 +76,22 @@ def test_the_work_line_tells_prompt_tokens_from_tokens_read() -> None:
     assert "generations 1.25" in line
     assert "withdrawn 0.25" in line
     assert "synthesis kokoro 2.50 s" in line
+
+
+async def test_descriptors_are_read_once_the_sessions_sockets_are_closed() -> None:
+    """A service closes a finished session's sockets when it reads their end, later on a loaded
+    machine: the level's descriptors are counted once they are back, or at the deadline, where
+    one still open is kept and shows."""
+    me = SimpleNamespace(children={"orchestrator": SimpleNamespace(process=SimpleNamespace(pid=os.getpid()))})
+    before = {n: s.fds for n, s in fleet_stats(me).items()}  # type: ignore[arg-type]
+    lingering = os.open(os.devnull, os.O_RDONLY)
+    asyncio.get_running_loop().call_later(0.3, os.close, lingering)
+    settled = await settled_stats(me, before, timeout=10.0)  # type: ignore[arg-type]
+    assert settled["orchestrator"].fds == before["orchestrator"]
+
+    leaked = os.open(os.devnull, os.O_RDONLY)
+    try:
+        kept = await settled_stats(me, before, timeout=0.3)  # type: ignore[arg-type]
+        assert kept["orchestrator"].fds == before["orchestrator"] + 1
+    finally:
+        os.close(leaked)

@@ -78,6 +78,22 @@ def fleet_stats(fleet: Fleet) -> dict[str, ProcStat]:
     return {name: proc_stat(child.process.pid) for name, child in fleet.children.items()}
 
 
+def fleet_descriptors(fleet: Fleet) -> dict[str, dict[int, str]]:
+    """Every service's open descriptors, by number, with what each is (a file's path,
+    ``socket:[inode]``, ``anon_inode:[eventfd]``...): to tell which ones a level left open."""
+    out: dict[str, dict[int, str]] = {}
+    for name, child in fleet.children.items():
+        fds: dict[int, str] = {}
+        folder = Path(f"/proc/{child.process.pid}/fd")
+        for entry in os.listdir(folder):
+            try:
+                fds[int(entry)] = os.readlink(folder / entry)
+            except OSError:  # closed while listed
+                continue
+        out[name] = fds
+    return out
+
+
 def fleet_counters(fleet: Fleet, wanted: Mapping[str, Sequence[str]]) -> dict[str, float]:
     """Counters and histogram totals of the fleet's services, by service name and the families
     to read (counters without ``_total``): ``{"llm parole_llm_tokens_total{kind=completion}":

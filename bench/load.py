@@ -53,7 +53,7 @@ from typing import Any
 import grpc
 
 from bench.common import DEMO, REPO, percentile, questions
-from bench.fleet import ProcStat, counter_deltas, fleet_counters, fleet_stats
+from bench.fleet import ProcStat, counter_deltas, fleet_counters, fleet_descriptors, fleet_stats
 from bench.fleet import fleet as production_fleet
 from bench.talker import SessionEnded, Talker, TurnResult
 from parole.orchestrator.v1 import orchestrator_pb2_grpc
@@ -206,9 +206,9 @@ async def _conversation(
 
 async def settled_stats(fleet: Fleet, fds_before: Mapping[str, int], timeout: float = 15.0) -> dict[str, ProcStat]:
     """The services' stats once each holds no more descriptors than before the level, or at
-    ``timeout``. A service closes a finished session's sockets when it reads their end, which
-    on a loaded machine can take more than a second; a descriptor still open at the timeout is
-    kept, and shows in ``fds_after``."""
+    ``timeout``. A service lets go of a finished session's resources once it reads the
+    stream's end, which on a loaded machine can take more than a second; a descriptor still
+    open at the timeout is kept, and shows in ``fds_after``."""
     deadline = time.monotonic() + timeout
     while True:
         stats = fleet_stats(fleet)
@@ -229,12 +229,18 @@ async def run_level(
     it in the ledger (``ledger_name``: the record's name; default from the level)."""
     spoken = spoken_questions()
     languages = sorted(spoken, key=lambda lang: lang != "en")  # English first: most questions
-    stats_before = fleet_stats(fleet)
     counters_before = fleet_counters(fleet, WORK_COUNTERS)
-    fds_before = {n: s.fds for n, s in stats_before.items()}
-    load_before = os.getloadavg()[0]
+    # The level's own connection is open in both counts of descriptors: the orchestrator
+    # closes its end only once the client's channel is gone, which grpc may leave until the
+    # channel object is freed, and a count without it before but with it after would read as
+    # a descriptor leaked by the sessions.
     channel = grpc.aio.insecure_channel(fleet.target("orchestrator"))
+    await asyncio.wait_for(channel.channel_ready(), timeout=30.0)
     stub = orchestrator_pb2_grpc.OrchestratorServiceStub(channel)
+    stats_before = fleet_stats(fleet)
+    fds_before = {n: s.fds for n, s in stats_before.items()}
+    descriptors_before = fleet_descriptors(fleet)
+    load_before = os.getloadavg()[0]
     turns: list[TurnResult] = []
     t0 = time.monotonic()
     deadline = t0 + seconds
@@ -252,8 +258,15 @@ async def run_level(
             await asyncio.sleep(min(1.0, 3.0 / conversations))  # staggered, not in lockstep
         await asyncio.gather(*tasks)
     elapsed = time.monotonic() - t0
-    await channel.close()
     stats_after = await settled_stats(fleet, fds_before)
+    # Which descriptors a service holds now that it did not before the level (kept open, or
+    # reopened under another number): what to look at when fds_after is above fds_before.
+    descriptors_after = fleet_descriptors(fleet)
+    opened = {
+        n: sorted(f"{fd} {what}" for fd, what in fds.items() if descriptors_before.get(n, {}).get(fd) != what)
+        for n, fds in descriptors_after.items()
+    }
+    await channel.close()
     work = counter_deltas(counters_before, fleet_counters(fleet, WORK_COUNTERS))
     summary = {
         "conversations": conversations,
@@ -262,6 +275,7 @@ async def run_level(
         **summarize(turns),
         "fds_before": fds_before,
         "fds_after": {n: s.fds for n, s in stats_after.items()},
+        "fds_opened": {n: fds for n, fds in opened.items() if fds},
         "rss_after_mb": {n: round(s.rss_mb, 1) for n, s in stats_after.items()},
         # Where the cores went: each service's CPU seconds over the level. Per completed turn,
         # compared across levels, it shows work added by contention (threads spinning, caches

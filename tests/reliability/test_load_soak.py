@@ -50,7 +50,9 @@ async def test_load_levels_1_and_3(fleet: Fleet) -> None:
         assert s["completed"] >= n, f"level {n}: only {s['completed']} turns answered: {s['errors_by_kind']}"
         assert s["time_to_first_audio_p95_s"] is not None
         for name in NAMES:
-            assert s["fds_after"][name] <= s["fds_before"][name], f"level {n}: {name} kept descriptors open"
+            assert s["fds_after"][name] <= s["fds_before"][name], (
+                f"level {n}: {name} kept descriptors open: {s['fds_opened'].get(name)}"
+            )
     assert levels[1]["errors"] == 0, levels[1]["errors_by_kind"]  # one conversation must never fail
 
 
